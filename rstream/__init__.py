@@ -1,0 +1,23 @@
+"""rstream: consume a Redis Stream as a member of a consumer group.
+
+At-least-once delivery, heartbeats, failover that claims a dead consumer's pending entries,
+retries, dead-lettering and a thread-pool dispatcher for your handler::
+
+    import rstream
+
+    def handle(message: rstream.Message) -> None:
+        print(message.id, message.fields)
+
+    rstream.Consumer(redis="redis://localhost:6379/0", stream="orders", group="billing",
+                     consumer_name="billing-1").run(handle)
+"""
+from .consumer import Consumer
+from .errors import (ConfigError, FatalRedisError, GroupMissing, RedisUnavailable, RStreamError,
+                     StreamMissing)
+from .message import Message
+from .stats import Stats
+
+__version__ = "0.1.0"
+
+__all__ = ["Consumer", "Message", "Stats", "RStreamError", "ConfigError", "FatalRedisError",
+           "RedisUnavailable", "GroupMissing", "StreamMissing", "__version__"]

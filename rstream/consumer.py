@@ -1,0 +1,236 @@
+"""`Consumer`: the facade that owns the lifecycle of every thread and connection.
+
+Threads (each with its own connection, so a blocking read never delays the others):
+``rstream-reader`` (replay, then blocking reads), ``rstream-worker-N`` (the handler pool),
+``rstream-acker`` (acks, dead letters, retries), ``rstream-reaper`` (failover) and
+``rstream-heartbeat``. Shutdown order, written once in `stop()`: stop intake (reader and reaper),
+let the workers finish what was read, flush acks, stop the acker, and stop the heartbeat last so
+the consumer looks alive while it drains.
+"""
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from typing import Any, Callable, List, Optional
+
+from .acker import Acker
+from .connection import IO_TIMEOUT_S, READER_READ_SIZE, ConnectionFactory, Link, client_from_option
+from .dispatch import Ledger, WorkerPool
+from .errors import ConfigError, FatalRedisError, RedisUnavailable, RStreamError, StreamMissing
+from .intake import Intake
+from .liveness import Heartbeat, Reaper
+from .message import Message
+from .options import Options
+from .reader import Reader
+from .redisio import StreamOps
+from .stats import Counters, Stats
+from .supervise import Health, Loop
+
+log = logging.getLogger("rstream")
+
+Handler = Callable[[Message], Any]
+DEFAULT_STOP_TIMEOUT_S = 30.0
+
+
+class Consumer:
+    """One member of a consumer group on one stream. See the README for every option."""
+
+    def __init__(self, redis: Any, stream: str, group: str, consumer_name: str, **options: Any) -> None:
+        self.options = Options.build(stream=stream, group=group, consumer_name=consumer_name, **options)
+        self._factory = ConnectionFactory(client_from_option(redis), stream)
+        self._counters = Counters()
+        self._lifecycle = threading.Lock()
+        self._state = "new"
+        self._stop_requested = threading.Event()
+        self._fatal: Optional[FatalRedisError] = None
+        self._links: List[Link] = []
+        self._loops: List[Loop] = []
+
+    # -- public API ---------------------------------------------------------------------------
+    def start(self, handler: Handler) -> "Consumer":
+        """Start consuming on background threads and return at once."""
+        if not callable(handler):
+            raise ConfigError(f"handler must be callable, got {handler!r}")
+        with self._lifecycle:
+            if self._state != "new":
+                raise RStreamError(f"this Consumer was already started (state: {self._state})")
+            self._state = "starting"
+        try:
+            self._build(handler)
+            self._prepare()
+        except BaseException:
+            self._close_links()
+            self._state = "stopped"
+            raise
+        self._pool.start()
+        for loop in self._loops:
+            loop.start()
+        self._state = "running"
+        return self
+
+    def run(self, handler: Handler, stop_timeout: float = DEFAULT_STOP_TIMEOUT_S) -> None:
+        """Consume until `stop()`, SIGINT or SIGTERM (on the main thread), then drain and return."""
+        restore = self._install_signal_handlers()
+        try:
+            self.start(handler)
+            while not self._stop_requested.wait(0.5):
+                pass
+        finally:
+            restore()
+            if self._state == "running":
+                self.stop(stop_timeout)
+        if self._fatal is not None:
+            raise self._fatal
+
+    def stop(self, timeout: float = DEFAULT_STOP_TIMEOUT_S) -> None:
+        """Stop reading, let in-flight handlers finish (until `timeout` seconds), flush acks.
+        Entries not finished stay pending and are replayed or claimed later."""
+        self._stop_requested.set()
+        with self._lifecycle:
+            if self._state != "running":
+                return
+            self._state = "stopping"
+        deadline = time.monotonic() + timeout
+        self._shutdown(deadline)
+        self._state = "stopped"
+
+    def stats(self) -> Stats:
+        acker = getattr(self, "_acker", None)
+        ledger = getattr(self, "_ledger", None)
+        return self._counters.snapshot(
+            in_flight=ledger.in_flight if ledger else 0,
+            waiting_retries=acker.waiting_retries if acker else 0)
+
+    @property
+    def error(self) -> Optional[FatalRedisError]:
+        """The fatal error that stopped this consumer, if any."""
+        return self._fatal
+
+    def __enter__(self) -> "Consumer":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        o = self.options
+        return (f"Consumer(stream={o.stream!r}, group={o.group!r}, consumer_name={o.consumer_name!r}, "
+                f"server={self._factory.describe()!r}, state={self._state!r})")
+
+    # -- wiring -------------------------------------------------------------------------------
+    def _ops(self, role: str, read_timeout_s: float = IO_TIMEOUT_S, read_size: int = 65536) -> StreamOps:
+        link = self._factory.make(role, read_timeout_s, read_size)
+        self._links.append(link)
+        return StreamOps(link, self.options)
+
+    def _build(self, handler: Handler) -> None:
+        o = self.options
+        self._intake_stop = threading.Event()   # reader and reaper: stop taking entries in
+        self._acker_stop = threading.Event()
+        self._heartbeat_stop = threading.Event()
+        self._ledger = Ledger(o.in_flight_limit)
+        self._acker = Acker(self._ops("acker"), o, self._ledger, self._counters, self._acker_stop)
+        self._pool = WorkerPool(handler, o.concurrency, self._acker.completed)
+        self._intake = Intake(self._ledger, self._pool, self._counters, self._acker.ack_deleted,
+                              o.consumer_name)
+        self._acker.intake = self._intake
+        read_timeout = o.receive_interval / 1000 + IO_TIMEOUT_S
+        self._reader = Reader(self._ops("reader", read_timeout, READER_READ_SIZE), o, self._ledger,
+                              self._acker, self._intake, self._intake_stop)
+        self._reaper = Reaper(self._ops("reaper"), o, self._ledger, self._intake,
+                              self._intake_stop, self._reader.replay_done)
+        self._heartbeat = Heartbeat(self._ops("heartbeat"), o)
+        health = Health(self._counters, self._factory.describe())
+
+        def loop(name: str, step: Callable[[], Optional[float]], ops: StreamOps,
+                 stop: threading.Event) -> Loop:
+            return Loop(name, step, stop, health, lambda: self._recreate_group(ops), self._on_fatal)
+
+        self._reader_loop = loop("rstream-reader", self._reader.step, self._reader.ops, self._intake_stop)
+        self._reaper_loop = loop("rstream-reaper", self._reaper.step, self._reaper.ops, self._intake_stop)
+        self._acker_loop = loop("rstream-acker", self._acker.step, self._acker.ops, self._acker_stop)
+        self._heartbeat_loop = loop("rstream-heartbeat", self._heartbeat.step, self._heartbeat.ops,
+                                    self._heartbeat_stop)
+        self._loops = [self._heartbeat_loop, self._acker_loop, self._reader_loop, self._reaper_loop]
+
+    def _prepare(self) -> None:
+        """Check the server and create the group now, so that a fatal fault (wrong key type,
+        auth, ACL, old server) raises from start(). An unreachable server or a missing stream
+        is not fatal: the threads keep retrying."""
+        ops = self._heartbeat.ops
+        try:
+            found = ops.check_server()
+            if found:
+                log.debug("rstream: server %s %s", found[0], ".".join(map(str, found[1])))
+            self._recreate_group(ops, at_start=True)
+            ops.heartbeat()
+        except RedisUnavailable as exc:
+            log.warning("rstream: Redis at %s unreachable at start (%s); retrying in the background",
+                        self._factory.describe(), exc)
+        except StreamMissing as exc:
+            log.warning("rstream: %s; waiting for it to be created", exc)
+
+    def _recreate_group(self, ops: StreamOps, at_start: bool = False) -> None:
+        if ops.ensure_group():
+            if not at_start:
+                self._counters.add(group_recreated=1)
+                log.warning("rstream: consumer group %r on %r was missing and has been created "
+                            "again at %r", self.options.group, self.options.stream,
+                            self.options.group_start_id)
+
+    def _on_fatal(self, exc: FatalRedisError) -> None:
+        if self._fatal is None:
+            self._fatal = exc
+            log.error("rstream: stopping: %s", exc)
+        self._stop_requested.set()
+        if threading.current_thread() is not threading.main_thread():
+            # A consumer used via start() stops itself; run() callers are woken by the event.
+            threading.Thread(target=self.stop, args=(5.0,), name="rstream-fatal-stop", daemon=True).start()
+
+    # -- shutdown -----------------------------------------------------------------------------
+    def _shutdown(self, deadline: float) -> None:
+        self._intake_stop.set()
+        self._reader.ops.link.abort()   # wake a blocked read now, not after receive_interval
+        self._reader_loop.join(deadline)
+        self._reaper_loop.join(deadline)
+        self._reader.abandon()
+        self._pool.close()
+        if not self._ledger.wait_idle(deadline):
+            left = self._pool.abandon()
+            log.warning("rstream: stop timed out with %d entries in flight (%d not started); "
+                        "they stay pending and will be delivered again",
+                        self._ledger.in_flight, len(left))
+        self._acker_stop.set()
+        self._acker_loop.join(deadline)
+        try:
+            self._acker.flush_all()
+        except RStreamError as exc:
+            log.warning("rstream: could not flush acks at stop (%s); those entries stay pending", exc)
+        self._heartbeat_stop.set()
+        self._heartbeat_loop.join(deadline)
+        self._pool.join(min(deadline, time.monotonic() + 0.1))
+        self._close_links()
+
+    def _close_links(self) -> None:
+        for link in self._links:
+            try:
+                link.close()
+            except Exception:  # closing is best effort
+                pass
+
+    def _install_signal_handlers(self) -> Callable[[], None]:
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+
+        def on_signal(signum: int, frame: Any) -> None:
+            log.info("rstream: %s received; draining", signal.Signals(signum).name)
+            self._stop_requested.set()
+
+        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+        def restore() -> None:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        return restore

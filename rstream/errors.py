@@ -1,0 +1,33 @@
+"""rstream's exception tree. Translation from redis-py errors happens in `rstream.redisio`."""
+from __future__ import annotations
+
+
+class RStreamError(Exception):
+    """Root of every error rstream raises."""
+
+
+class ConfigError(RStreamError, ValueError):
+    """An option has a wrong type or value; the message names the option and the value."""
+
+
+class RedisUnavailable(RStreamError):
+    """The server cannot be reached right now (connection refused, reset, timed out).
+
+    Transient: rstream retries with backoff and never raises it to the user from `run()`.
+    """
+
+
+class GroupMissing(RStreamError):
+    """NOGROUP: the stream or its consumer group is gone (deleted, flushed, destroyed).
+
+    Transient: rstream recreates the group and goes on.
+    """
+
+
+class FatalRedisError(RStreamError):
+    """A fault retrying cannot fix: wrong key type, failed AUTH, missing ACL permission,
+    unsupported server. `start()`/`run()` raise it."""
+
+
+class StreamMissing(RStreamError):
+    """The stream does not exist and ``make_stream`` is False: rstream waits for it."""

@@ -1,0 +1,83 @@
+"""Who is dead, what to claim, what to re-deliver. Pure: no Redis, no threads.
+
+Liveness is per consumer, measured by the server's clock: every live consumer's heartbeat resets
+its `idle` in XINFO CONSUMERS, so a consumer idle longer than `dead_after_ms` has stopped beating.
+A slow handler never loses its entry while its consumer beats (entries are not judged by their
+own idle time, which is what peers built on XAUTOCLAIM get wrong).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Collection, Dict, List, Optional, Sequence, Tuple
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else str(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class ConsumerInfo:
+    name: str
+    pending: int
+    idle_ms: int
+
+
+@dataclasses.dataclass(frozen=True)
+class PendingEntry:
+    id: str
+    consumer: str
+    idle_ms: int
+    deliveries: int
+
+
+def parse_consumers(reply: Sequence[Any]) -> List[ConsumerInfo]:
+    """XINFO CONSUMERS reply (RESP2 flat lists or RESP3 maps) -> ConsumerInfo list."""
+    consumers = []
+    for item in reply or ():
+        pairs: Dict[str, Any]
+        if isinstance(item, dict):
+            pairs = {_text(k): v for k, v in item.items()}
+        else:
+            pairs = {_text(item[i]): item[i + 1] for i in range(0, len(item) - 1, 2)}
+        consumers.append(ConsumerInfo(_text(pairs["name"]), int(pairs["pending"]), int(pairs["idle"])))
+    return consumers
+
+
+def parse_pending(reply: Sequence[Any]) -> List[PendingEntry]:
+    """Extended XPENDING reply [[id, consumer, idle, deliveries], ...] -> PendingEntry list."""
+    return [PendingEntry(_text(e[0]), _text(e[1]), int(e[2]), int(e[3])) for e in reply or ()]
+
+
+def dead_consumers(consumers: Sequence[ConsumerInfo], me: str, dead_after_ms: int) -> List[ConsumerInfo]:
+    """Every other consumer idle longer than `dead_after_ms`, most pending first."""
+    dead = [c for c in consumers if c.name != me and c.idle_ms > dead_after_ms]
+    return sorted(dead, key=lambda c: -c.pending)
+
+
+def claim_page(entries: Sequence[PendingEntry]) -> Tuple[List[str], Dict[str, int], int]:
+    """Ids to XCLAIM from one XPENDING page, the attempt each will have, and the min-idle-time.
+
+    The min-idle-time is the smallest idle observed in the page: any entry another consumer
+    claimed since has a smaller idle, so XCLAIM skips it and each entry goes to exactly one.
+    """
+    if not entries:
+        return [], {}, 0
+    ids = [e.id for e in entries]
+    attempts = {e.id: e.deliveries + 1 for e in entries}
+    return ids, attempts, min(e.idle_ms for e in entries)
+
+
+def stray_entries(entries: Sequence[PendingEntry], held: Collection[str]) -> List[PendingEntry]:
+    """This consumer's pending entries that it does not hold (a lost read reply, an entry put in
+    its pending list by someone else): they must be delivered again."""
+    return [e for e in entries if e.id not in held]
+
+
+def missing_ids(requested: Sequence[str], returned: Collection[str]) -> List[str]:
+    """Ids XCLAIM did not return: deleted from the stream, or taken by another consumer."""
+    return [i for i in requested if i not in returned]
+
+
+def next_start(entries: Sequence[PendingEntry]) -> Optional[str]:
+    """Exclusive start of the next XPENDING page, or None when this page was the last one."""
+    return "(" + entries[-1].id if entries else None

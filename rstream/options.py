@@ -1,0 +1,120 @@
+"""Consumer options: defaults, units and validation. Pure: no Redis, no threads.
+
+Durations are in milliseconds, as in the seed (`receive_interval`, `heartbeat_interval`).
+Every bad value raises `ConfigError` naming the option and the value.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Optional
+
+from .errors import ConfigError
+
+DEFAULT_CONCURRENCY = 8
+DEFAULT_BATCH_SIZE = 500
+# Stream ids Redis accepts for XGROUP CREATE besides explicit "ms-seq" ids.
+_SPECIAL_START_IDS = ("$", "0")
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """Validated settings of one Consumer. Build with `Options.build(**kwargs)`."""
+
+    stream: str
+    group: str
+    consumer_name: str
+    group_start_id: str = "$"
+    make_stream: bool = False
+    receive_interval: int = 1000
+    heartbeat_interval: int = 5000
+    allowed_missed_heartbeats: int = 3
+    delete_on_ack: bool = False
+    concurrency: int = DEFAULT_CONCURRENCY
+    batch_size: int = DEFAULT_BATCH_SIZE
+    max_in_flight: Optional[int] = None
+    handle_failure: Optional[Callable[..., Any]] = None
+    max_attempts: Optional[int] = None
+    dead_letter_stream: Optional[str] = None
+
+    @property
+    def in_flight_limit(self) -> int:
+        """`max_in_flight`, defaulting to twice `batch_size` (two reads' worth)."""
+        return self.max_in_flight if self.max_in_flight is not None else 2 * self.batch_size
+
+    @property
+    def dead_after_ms(self) -> int:
+        """Idle time after which another consumer counts as dead."""
+        return self.heartbeat_interval * self.allowed_missed_heartbeats
+
+    @classmethod
+    def build(cls, **kwargs: Any) -> "Options":
+        """Validate every option and return the frozen value; unknown names are errors too."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(kwargs) - known)
+        if unknown:
+            raise ConfigError(f"unknown option(s): {', '.join(unknown)}")
+        for name in ("stream", "group", "consumer_name"):
+            if name not in kwargs:
+                raise ConfigError(f"{name} is required")
+        options = cls(**kwargs)
+        options.validate()
+        return options
+
+    def validate(self) -> None:
+        for name in ("stream", "group", "consumer_name"):
+            _name(name, getattr(self, name))
+        _start_id(self.group_start_id)
+        for name in ("make_stream", "delete_on_ack"):
+            _bool(name, getattr(self, name))
+        for name in ("receive_interval", "heartbeat_interval", "allowed_missed_heartbeats",
+                     "concurrency", "batch_size"):
+            _positive_int(name, getattr(self, name))
+        if self.max_in_flight is not None:
+            _positive_int("max_in_flight", self.max_in_flight)
+            if self.max_in_flight < self.batch_size:
+                raise ConfigError(
+                    f"max_in_flight must be at least batch_size ({self.batch_size}), "
+                    f"got {self.max_in_flight!r}")
+        if self.handle_failure is not None and not callable(self.handle_failure):
+            raise ConfigError(f"handle_failure must be callable or None, got {self.handle_failure!r}")
+        if self.max_attempts is not None:
+            _positive_int("max_attempts", self.max_attempts)
+        if self.dead_letter_stream is not None:
+            _name("dead_letter_stream", self.dead_letter_stream)
+            if self.dead_letter_stream == self.stream:
+                raise ConfigError(
+                    f"dead_letter_stream must differ from stream, got {self.dead_letter_stream!r}")
+            if self.max_attempts is None:
+                raise ConfigError("dead_letter_stream needs max_attempts (after how many deliveries "
+                                  f"an entry is dead-lettered), got dead_letter_stream="
+                                  f"{self.dead_letter_stream!r} and max_attempts=None")
+
+
+def _name(option: str, value: Any) -> None:
+    if not isinstance(value, str):
+        raise ConfigError(f"{option} must be a str, got {type(value).__name__} {value!r}")
+    if not value:
+        raise ConfigError(f"{option} must not be empty, got {value!r}")
+
+
+def _bool(option: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{option} must be a bool, got {type(value).__name__} {value!r}")
+
+
+def _positive_int(option: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{option} must be an int, got {type(value).__name__} {value!r}")
+    if value <= 0:
+        raise ConfigError(f"{option} must be a positive int, got {value!r}")
+
+
+def _start_id(value: Any) -> None:
+    if not isinstance(value, str):
+        raise ConfigError(f"group_start_id must be a str, got {type(value).__name__} {value!r}")
+    if value in _SPECIAL_START_IDS:
+        return
+    ms, sep, seq = value.partition("-")
+    if not (ms.isdigit() and ms.isascii() and (not sep or (seq.isdigit() and seq.isascii()))):
+        raise ConfigError(
+            f"group_start_id must be '$', '0' or a stream id like '1700000000000-0', got {value!r}")

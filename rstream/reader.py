@@ -1,0 +1,93 @@
+"""The reader thread: replays this consumer's own pending entries, then reads new ones.
+
+Reads block on the server for up to `receive_interval`, so a new entry arrives at once. While
+entries flow, the next read is sent before the current batch is delivered (the server prepares
+the next reply while this process decodes and dispatches), and acks ride in the same write.
+"""
+from __future__ import annotations
+
+import threading
+from typing import Optional, Tuple
+
+from .acker import Acker
+from .dispatch import Ledger
+from .intake import Intake
+from .options import Options
+from .redisio import StreamOps
+from .settle import SettleBatch
+
+
+class Reader:
+    def __init__(self, ops: StreamOps, options: Options, ledger: Ledger, acker: Acker,
+                 intake: Intake, stop: threading.Event) -> None:
+        self.ops = ops
+        self._o = options
+        self._ledger = ledger
+        self._acker = acker
+        self._intake = intake
+        self._stop = stop
+        self.replay_done = threading.Event()
+        self._after = "0"
+        self._out: Optional[Tuple[int, SettleBatch, int]] = None  # reserved, batch, replies
+
+    def step(self) -> Optional[float]:
+        if not self.replay_done.is_set():
+            self._replay_page()
+        else:
+            self._read_new()
+        return None
+
+    def _replay_page(self) -> None:
+        reserved = self._ledger.reserve(self._o.batch_size, self._stop)
+        if not reserved:
+            return
+        try:
+            (messages, deleted), after = self.ops.read_own_page(self._after, reserved)
+        except BaseException:
+            self._ledger.admit(reserved, (), 0)
+            raise
+        if after == self._after:
+            self.replay_done.set()
+        self._after = after
+        self._intake.deliver(reserved, messages, deleted, counter="replayed")
+
+    def _read_new(self) -> None:
+        if self._out is None:
+            self._send(self._ledger.reserve(self._o.batch_size, self._stop))
+            if self._out is None:
+                return
+        reserved, batch, replies = self._out
+        self._out = None
+        try:
+            (messages, deleted), result = self.ops.finish_read(batch, replies)
+        except BaseException:
+            self._ledger.admit(reserved, (), 0)
+            self._acker.restore(batch)
+            raise
+        self._acker.sent(batch, result)
+        try:
+            if len(messages) + len(deleted) >= reserved:
+                # A full batch: more is waiting. Keep the server busy while we deliver this one.
+                self._send(self._ledger.reserve(self._o.batch_size, self._stop, wait_s=0))
+        finally:
+            self._intake.deliver(reserved, messages, deleted)
+
+    def _send(self, reserved: int) -> None:
+        if not reserved:
+            return
+        batch = self._acker.take_for_send()
+        try:
+            replies = self.ops.send_read(batch, reserved, self._o.receive_interval)
+        except BaseException:
+            self._ledger.admit(reserved, (), 0)
+            self._acker.restore(batch)
+            raise
+        self._out = (reserved, batch, replies)
+
+    def abandon(self) -> None:
+        """Release the reservation of a read that will never be collected (at stop)."""
+        if self._out is not None:
+            reserved, batch, _ = self._out
+            self._out = None
+            self._ledger.admit(reserved, (), 0)
+            self._acker.restore(batch)

@@ -1,0 +1,245 @@
+"""Every Redis command rstream sends, built and checked here and nowhere else. It decides nothing.
+
+Keys: the stream (`stream`), and the dead-letter stream (`dead_letter_stream`) when configured.
+In Redis Cluster both must hash to one slot (use a hash tag, e.g. ``{orders}`` and ``{orders}:dlq``).
+
+Commands (S = stream, G = group, ME = consumer_name, D = dead-letter stream):
+- ``INFO server`` — server name and version at start (skipped if the ACL forbids it).
+- ``XGROUP CREATE S G <group_start_id> [MKSTREAM]`` — at start and after NOGROUP; BUSYGROUP is success.
+- ``XREADGROUP GROUP G ME COUNT n BLOCK ms STREAMS S >`` — new entries (reader).
+- ``MULTI / XPENDING S G <start> + n ME / XREADGROUP GROUP G ME COUNT n STREAMS S <after> / EXEC``
+  — one page of this consumer's own pending entries with their delivery counts (replay at start).
+- ``XACK S G id...`` — settle; with `delete_on_ack`: ``MULTI / XACK S G id... / XDEL S id... / EXEC``.
+- ``EVAL <dead-letter script> 2 S D G id del field value...`` — XACK, then XADD to D only if the XACK
+  acknowledged the entry (and XDEL with `delete_on_ack`), atomically and idempotently.
+- ``XREADGROUP GROUP G ME COUNT 1 STREAMS S 18446744073709551615`` — the heartbeat: returns nothing,
+  resets ME's idle in XINFO CONSUMERS.
+- ``XINFO CONSUMERS S G`` — liveness of the other consumers (reaper).
+- ``XPENDING S G IDLE ms <start> + n <consumer>`` — a dead consumer's entries, or this consumer's strays.
+- ``XCLAIM S G ME <min-idle> id...`` — take entries over (never sent with no ids); also re-delivers
+  this consumer's own retries.
+- ``XPENDING S G id id 1`` — who holds an id XCLAIM did not return (deleted, or claimed elsewhere).
+- ``EVAL <delconsumer script> 1 S G <consumer> <min-idle>`` — XGROUP DELCONSUMER only if the consumer
+  has no pending entries and is still idle, checked and done atomically.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from . import _hotpath as hot
+from .connection import Link, server_version, translate
+from .errors import FatalRedisError, GroupMissing, RStreamError, StreamMissing
+from .failover import ConsumerInfo, PendingEntry, parse_consumers, parse_pending
+from .message import Message
+from .options import Options
+from .settle import SettleBatch
+
+MIN_SERVER_VERSION = (6, 2)
+# A history read past every possible id: returns nothing, but counts as an interaction.
+HEARTBEAT_ID = "18446744073709551615"
+
+DEAD_LETTER_SCRIPT = """
+local acked = redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+if acked == 1 then
+  redis.call('XADD', KEYS[2], '*', unpack(ARGV, 4))
+  if ARGV[3] == '1' then redis.call('XDEL', KEYS[1], ARGV[2]) end
+end
+return acked
+"""
+
+DELCONSUMER_SCRIPT = """
+for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+  local f = {}
+  for i = 1, #c, 2 do f[c[i]] = c[i + 1] end
+  if f['name'] == ARGV[2] then
+    if f['pending'] == 0 and f['idle'] >= tonumber(ARGV[3]) then
+      redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+      return 1
+    end
+    return 0
+  end
+end
+return -1
+"""
+
+
+@dataclasses.dataclass
+class SettleResult:
+    acked: int = 0
+    dead_lettered: int = 0
+
+
+Read = Tuple[List[Message], List[str]]  # messages, ids of deleted entries
+
+
+class StreamOps:
+    """The commands of one consumer on one stream, sent over one `Link`."""
+
+    def __init__(self, link: Link, options: Options) -> None:
+        self.link = link
+        self.o = options
+        self._group_args = ("XREADGROUP", "GROUP", options.group, options.consumer_name)
+
+    # -- start -------------------------------------------------------------------------------
+    def check_server(self) -> Optional[Tuple[str, Tuple[int, ...]]]:
+        try:
+            name, version = server_version(self.link.call("INFO", "server"))
+        except FatalRedisError as exc:
+            if "NOPERM" in str(exc) or "permission" in str(exc):
+                return None  # a minimal ACL user may not run INFO; XREADGROUP errors will tell
+            raise
+        if name == "redis" and version < MIN_SERVER_VERSION:
+            raise FatalRedisError(f"unsupported server: Redis {'.'.join(map(str, version))}; "
+                                  "rstream needs Redis 6.2 or newer (or Valkey)")
+        return name, version
+
+    def ensure_group(self) -> bool:
+        """Create the group; True if it was created now, False if it existed."""
+        args: List[Any] = ["XGROUP", "CREATE", self.o.stream, self.o.group, self.o.group_start_id]
+        if self.o.make_stream:
+            args.append("MKSTREAM")
+        try:
+            self.link.call(*args)
+            return True
+        except RStreamError as exc:
+            text = str(exc)
+            if text.startswith("BUSYGROUP"):
+                return False
+            if "requires the key to exist" in text:
+                raise StreamMissing(f"stream {self.o.stream!r} does not exist (make_stream=False)") from None
+            raise
+
+    # -- reading -----------------------------------------------------------------------------
+    def send_read(self, batch: SettleBatch, count: int, block_ms: Optional[int]) -> int:
+        """Send the batch's settle commands and a read of new entries in one write; returns
+        the number of replies `finish_read` must collect."""
+        commands = self._settle_commands(batch)
+        read: List[Any] = [*self._group_args, "COUNT", count]
+        if block_ms is not None:
+            read += ["BLOCK", block_ms]
+        commands.append((*read, "STREAMS", self.o.stream, ">"))
+        self.link.send(commands)
+        return len(commands)
+
+    def finish_read(self, batch: SettleBatch, replies_expected: int) -> Tuple[Read, SettleResult]:
+        replies = self.link.read(replies_expected)
+        result = self._check_settle(batch, replies[:-1])
+        return self._decode(_raise_if_error(replies[-1]), 1), result
+
+    def read_own_page(self, after: str, count: int) -> Tuple[Read, str]:
+        """One page of this consumer's pending entries after `after`, with real attempts;
+        returns the read and the id to continue after (unchanged when the page was empty)."""
+        start = "-" if after == "0" else "(" + after
+        replies = self.link.pipeline([
+            ("MULTI",),
+            ("XPENDING", self.o.stream, self.o.group, start, "+", count, self.o.consumer_name),
+            (*self._group_args, "COUNT", count, "STREAMS", self.o.stream, after),
+            ("EXEC",),
+        ])
+        for reply in replies[:3]:
+            _raise_if_error(reply)
+        pending_reply, read_reply = _raise_if_error(replies[3])
+        pending = parse_pending(_raise_if_error(pending_reply))
+        attempts = {e.id: e.deliveries + 1 for e in pending}
+        read = self._decode(_raise_if_error(read_reply), attempts)
+        return read, pending[-1].id if pending else after
+
+    def _decode(self, reply: Any, attempt: Any) -> Read:
+        for _key, entries in hot.decode_read_reply(reply):
+            return hot.decode_entries(entries, self.o.stream, attempt)
+        return [], []
+
+    # -- settling ----------------------------------------------------------------------------
+    def settle(self, batch: SettleBatch) -> SettleResult:
+        commands = self._settle_commands(batch)
+        return self._check_settle(batch, self.link.pipeline(commands) if commands else [])
+
+    def ack(self, ids: Sequence[str]) -> int:
+        return self.settle(SettleBatch(acks=list(ids))).acked
+
+    def _settle_commands(self, batch: SettleBatch) -> List[Sequence[Any]]:
+        o = self.o
+        commands: List[Sequence[Any]] = []
+        if batch.acks:
+            if o.delete_on_ack:
+                commands += [("MULTI",), hot.ack_args(o.stream, o.group, batch.acks),
+                             ("XDEL", o.stream, *batch.acks), ("EXEC",)]
+            else:
+                commands.append(hot.ack_args(o.stream, o.group, batch.acks))
+        for message, error in batch.dead_letters:
+            flat: List[Any] = [x for pair in message.fields.items() for x in pair]
+            flat += ["rstream-stream", o.stream, "rstream-id", message.id, "rstream-group", o.group,
+                     "rstream-consumer", o.consumer_name, "rstream-attempt", message.attempt,
+                     "rstream-error", error]
+            commands.append(("EVAL", DEAD_LETTER_SCRIPT, 2, o.stream, o.dead_letter_stream,
+                             o.group, message.id, int(o.delete_on_ack), *flat))
+        return commands
+
+    def _check_settle(self, batch: SettleBatch, replies: Sequence[Any]) -> SettleResult:
+        result = SettleResult()
+        for reply in replies:
+            _raise_if_error(reply)
+        replies = list(replies)
+        if batch.acks:
+            if self.o.delete_on_ack:
+                exec_reply = _raise_if_error(replies[3])
+                for reply in exec_reply:
+                    _raise_if_error(reply)
+                replies = replies[4:]
+            else:
+                replies.pop(0)
+            # XACK counts only entries still pending: one acked twice (a re-sent batch whose
+            # first reply was lost) is settled all the same.
+            result.acked = len(batch.acks)
+        for reply in replies:
+            result.dead_lettered += int(reply)
+        return result
+
+    # -- liveness and failover ---------------------------------------------------------------
+    def heartbeat(self) -> None:
+        self.link.call(*self._group_args, "COUNT", 1, "STREAMS", self.o.stream, HEARTBEAT_ID)
+
+    def consumers(self) -> List[ConsumerInfo]:
+        return parse_consumers(self.link.call("XINFO", "CONSUMERS", self.o.stream, self.o.group))
+
+    def pending_of(self, consumer: str, start: str, count: int, min_idle_ms: int) -> List[PendingEntry]:
+        reply = self.link.call("XPENDING", self.o.stream, self.o.group, "IDLE", min_idle_ms,
+                               start, "+", count, consumer)
+        return parse_pending(reply)
+
+    def claim(self, ids: Sequence[str], min_idle_ms: int, attempts: Dict[str, int]) -> Read:
+        """XCLAIM `ids` for this consumer. Entries XCLAIM drops or returns empty (deleted from
+        the stream) are not in the messages; see `owners` to tell them from lost races."""
+        if not ids:
+            return [], []
+        reply = self.link.call("XCLAIM", self.o.stream, self.o.group, self.o.consumer_name,
+                               min_idle_ms, *ids)
+        # Redis 6.2 answers nil in place of a deleted entry; 7+ leaves it out.
+        entries = [e for e in reply if e is not None]
+        return hot.decode_entries(entries, self.o.stream, attempts)
+
+    def owners(self, ids: Sequence[str]) -> Dict[str, Optional[str]]:
+        """The consumer each id is pending for, or None if it is not pending any more."""
+        replies = self.link.pipeline([("XPENDING", self.o.stream, self.o.group, i, i, 1) for i in ids])
+        owners: Dict[str, Optional[str]] = {}
+        for entry_id, reply in zip(ids, replies):
+            entries = parse_pending(_raise_if_error(reply))
+            owners[entry_id] = entries[0].consumer if entries else None
+        return owners
+
+    def delete_consumer_if_empty(self, consumer: str, min_idle_ms: int) -> bool:
+        reply = self.link.call("EVAL", DELCONSUMER_SCRIPT, 1, self.o.stream, self.o.group,
+                               consumer, min_idle_ms)
+        return int(reply) == 1
+
+
+def _raise_if_error(reply: Any) -> Any:
+    if isinstance(reply, RStreamError):
+        raise reply
+    if isinstance(reply, Exception):  # an error nested in an EXEC reply
+        raise translate(reply)
+    return reply
+
+
+__all__ = ["StreamOps", "SettleResult", "GroupMissing"]

@@ -1,0 +1,108 @@
+"""What becomes of a handled message, decided as data. Pure: no Redis, no threads.
+
+A message is settled one of four ways: acknowledged (success, or a failure the user let go),
+retried later (kept pending), dead-lettered (appended to the dead-letter stream and acked in one
+atomic step) or dropped (the last allowed attempt failed and there is no dead-letter stream: acked
+and logged). The worker threads call `judge_failure`; the acker sends what accumulates here.
+"""
+from __future__ import annotations
+
+import dataclasses
+import enum
+import heapq
+from typing import List, Optional, Tuple
+
+from .message import Message
+
+# A failure handler that raises leaves its entry pending; it is retried after this backoff
+# (doubling per attempt) so a broken handler cannot spin on one entry.
+BROKEN_HANDLER_RETRY_MS = 1000
+BROKEN_HANDLER_RETRY_CAP_MS = 60_000
+
+
+class Verdict(enum.Enum):
+    ACK = "ack"
+    RETRY = "retry"
+    DEAD_LETTER = "dead_letter"
+    DROP = "drop"
+
+
+def judge_failure(message: Message, *, failure_handler_failed: bool, max_attempts: Optional[int],
+                  dead_letter: bool, now_ms: int) -> Tuple[Verdict, int]:
+    """Verdict for a message whose handler raised, and (for RETRY) when to deliver it again."""
+    last = max_attempts is not None and message.attempt >= max_attempts
+    if last and dead_letter:
+        return Verdict.DEAD_LETTER, 0
+    if failure_handler_failed:
+        backoff = BROKEN_HANDLER_RETRY_MS * 2 ** min(message.attempt - 1, 16)
+        return Verdict.RETRY, now_ms + min(backoff, BROKEN_HANDLER_RETRY_CAP_MS)
+    if last:
+        return Verdict.DROP, 0
+    if message.retry_requested:
+        after = message.retry_after
+        return Verdict.RETRY, int(after) if after is not None and after > now_ms else now_ms
+    return Verdict.ACK, 0
+
+
+@dataclasses.dataclass
+class SettleBatch:
+    """Settlements taken together to be sent in one round trip."""
+
+    acks: List[str] = dataclasses.field(default_factory=list)
+    dead_letters: List[Tuple[Message, str]] = dataclasses.field(default_factory=list)
+    dropped: int = 0  # of `acks`, how many are final failures (for the counters)
+
+    def __bool__(self) -> bool:
+        return bool(self.acks or self.dead_letters)
+
+    def __len__(self) -> int:
+        return len(self.acks) + len(self.dead_letters)
+
+    def merge(self, other: "SettleBatch") -> None:
+        """Put `other` (a batch whose send failed) back in front of this one."""
+        self.acks[:0] = other.acks
+        self.dead_letters[:0] = other.dead_letters
+        self.dropped += other.dropped
+
+
+@dataclasses.dataclass(frozen=True, order=True)
+class RetryItem:
+    """A failed entry waiting to be delivered again. `handled_at_ms` (monotonic) bounds from
+    below how long the entry has been idle on the server, which guards the re-claim."""
+
+    due_ms: int
+    id: str
+    attempt: int
+    handled_at_ms: int
+
+
+class RetrySchedule:
+    """Entries waiting for their retry, earliest first. Holds ids only, never payloads."""
+
+    def __init__(self) -> None:
+        self._heap: List[RetryItem] = []
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def add(self, item: RetryItem) -> None:
+        heapq.heappush(self._heap, item)
+
+    def next_due_ms(self) -> Optional[int]:
+        return self._heap[0].due_ms if self._heap else None
+
+    def pop_due(self, now_ms: int, limit: int) -> List[RetryItem]:
+        due: List[RetryItem] = []
+        while self._heap and len(due) < limit and self._heap[0].due_ms <= now_ms:
+            due.append(heapq.heappop(self._heap))
+        return due
+
+    def ids(self) -> List[str]:
+        return [item.id for item in self._heap]
+
+    def discard(self, ids: "set[str]") -> None:
+        """Forget entries (another consumer took them over)."""
+        kept = [item for item in self._heap if item.id not in ids]
+        if len(kept) != len(self._heap):
+            heapq.heapify(kept)
+            self._heap = kept
