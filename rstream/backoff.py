@@ -28,9 +28,9 @@ class Backoff:
         return dataclasses.replace(self, failures=0)
 
     def ceiling(self) -> float:
-        return min(self.cap_s, self.base_s * (2 ** min(self.failures, 32)))
+        return min(self.cap_s, self.base_s * 2.0 ** min(self.failures, 32))
 
     def delay(self, rand: Callable[[], float] = random.random) -> float:
         # A floor of a tenth of the ceiling keeps a failing loop from spinning on a zero draw.
         ceiling = self.ceiling()
-        return ceiling * (0.1 + 0.9 * rand())
+        return ceiling * (0.1 + 0.9 * float(rand()))

@@ -44,6 +44,8 @@ class Consumer:
         self._lifecycle = threading.Lock()
         self._state = "new"
         self._stop_requested = threading.Event()
+        self._stopped = threading.Event()
+        self._in_run = False
         self._fatal: Optional[FatalRedisError] = None
         self._links: List[Link] = []
         self._loops: List[Loop] = []
@@ -73,14 +75,14 @@ class Consumer:
     def run(self, handler: Handler, stop_timeout: float = DEFAULT_STOP_TIMEOUT_S) -> None:
         """Consume until `stop()`, SIGINT or SIGTERM (on the main thread), then drain and return."""
         restore = self._install_signal_handlers()
+        self._in_run = True
         try:
             self.start(handler)
             while not self._stop_requested.wait(0.5):
                 pass
         finally:
             restore()
-            if self._state == "running":
-                self.stop(stop_timeout)
+            self.stop(stop_timeout)
         if self._fatal is not None:
             raise self._fatal
 
@@ -89,12 +91,19 @@ class Consumer:
         Entries not finished stay pending and are replayed or claimed later."""
         self._stop_requested.set()
         with self._lifecycle:
-            if self._state != "running":
-                return
-            self._state = "stopping"
-        deadline = time.monotonic() + timeout
-        self._shutdown(deadline)
-        self._state = "stopped"
+            state = self._state
+            if state == "running":
+                self._state = "stopping"
+        if state == "stopping":  # another thread is stopping it: wait for that to finish
+            self._stopped.wait(timeout)
+            return
+        if state != "running":
+            return
+        try:
+            self._shutdown(time.monotonic() + timeout)
+        finally:
+            self._state = "stopped"
+            self._stopped.set()
 
     def stats(self) -> Stats:
         acker = getattr(self, "_acker", None)
@@ -142,7 +151,7 @@ class Consumer:
         self._reaper = Reaper(self._ops("reaper"), o, self._ledger, self._intake,
                               self._intake_stop, self._reader.replay_done)
         self._heartbeat = Heartbeat(self._ops("heartbeat"), o)
-        health = Health(self._counters, self._factory.describe())
+        self._health = health = Health(self._counters, self._factory.describe())
 
         def loop(name: str, step: Callable[[], Optional[float]], ops: StreamOps,
                  stop: threading.Event) -> Loop:
@@ -167,10 +176,9 @@ class Consumer:
             self._recreate_group(ops, at_start=True)
             ops.heartbeat()
         except RedisUnavailable as exc:
-            log.warning("rstream: Redis at %s unreachable at start (%s); retrying in the background",
-                        self._factory.describe(), exc)
+            self._health.down(exc)  # the threads keep trying; the outage is logged once
         except StreamMissing as exc:
-            log.warning("rstream: %s; waiting for it to be created", exc)
+            self._health.stream_missing(exc)
 
     def _recreate_group(self, ops: StreamOps, at_start: bool = False) -> None:
         if ops.ensure_group():
@@ -185,13 +193,14 @@ class Consumer:
             self._fatal = exc
             log.error("rstream: stopping: %s", exc)
         self._stop_requested.set()
-        if threading.current_thread() is not threading.main_thread():
-            # A consumer used via start() stops itself; run() callers are woken by the event.
+        if not self._in_run:
+            # A consumer used via start() stops itself; run() is woken by the event and stops it.
             threading.Thread(target=self.stop, args=(5.0,), name="rstream-fatal-stop", daemon=True).start()
 
     # -- shutdown -----------------------------------------------------------------------------
     def _shutdown(self, deadline: float) -> None:
         self._intake_stop.set()
+        self._intake.close()
         self._reader.ops.link.abort()   # wake a blocked read now, not after receive_interval
         self._reader_loop.join(deadline)
         self._reaper_loop.join(deadline)

@@ -24,11 +24,20 @@ class Intake:
         self._counters = counters
         self._ack_deleted = ack_deleted
         self._me = me
+        self._closed = False
+
+    def close(self) -> None:
+        """Stop admitting entries (at stop): what is read from now on stays pending on the
+        server and is replayed at the next start or claimed by another consumer."""
+        self._closed = True
 
     def deliver(self, reserved: int, messages: List[Message], deleted: List[str],
                 counter: str = "") -> None:
         """Deliver what a read returned, inside a reservation of `reserved` ledger slots.
         Deleted entries (no fields: the stream entry was deleted or trimmed) are acked, never handled."""
+        if self._closed:
+            self._ledger.admit(reserved, (), 0)
+            return
         ids = [m.id for m in messages]
         self._ledger.admit(reserved, ids, len(messages))
         amounts = {"delivered": len(messages)}
