@@ -1,0 +1,230 @@
+"""The `rstream` command line: `rstream demo` publishes entries and drains them with a Consumer.
+
+With no ``--redis`` the demo starts a throwaway server (`rstream.embedded`), so
+``pip install -e '.[test]' && rstream demo`` works on a machine with no Redis installed.
+Expected faults (bad URL, unreachable server, no server binary) end with one line on stderr
+and exit code 1, not a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+import uuid
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import redis
+
+from . import __version__
+from ._hotpath import IMPLEMENTATION
+from .consumer import Consumer
+from .embedded import EmbeddedServer
+from .errors import RStreamError
+from .message import Message
+from .options import DEFAULT_BATCH_SIZE, DEFAULT_CONCURRENCY
+
+PUBLISH_CHUNK = 1000          # XADDs per pipeline round trip
+DEFAULT_COUNT = 100_000
+DEFAULT_TIMEOUT_S = 120.0
+CONNECT_TIMEOUT_S = 5.0
+STOP_TIMEOUT_S = 30.0
+POLL_S = 0.1                  # how often the drain wait looks for a fatal consumer error
+EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
+NO_EXTENSIONS_ENV = "RSTREAM_NO_EXTENSIONS"
+_PAYLOAD = b"x" * 60          # with the other two fields: 3 fields, 98 bytes of keys and values
+
+
+class DemoError(RStreamError):
+    """An expected failure of the demo, reported as one line."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoResult:
+    handled: int
+    drain_s: float
+    ok: bool
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of the `rstream` console script and of `python -m rstream`."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    parser = _parser()
+    args = parser.parse_args(args_list)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_FAILED
+    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(levelname)s: %(message)s")
+    command: Callable[[argparse.Namespace, List[str]], int] = args.run
+    try:
+        return command(args, args_list)
+    except (RStreamError, redis.RedisError, OSError) as exc:
+        print(f"rstream: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("rstream: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rstream", description="rstream: consume a Redis Stream as a consumer-group member.")
+    parser.add_argument("--version", action="version", version=f"rstream {__version__}")
+    commands = parser.add_subparsers(dest="command", title="commands", metavar="COMMAND")
+    demo = commands.add_parser(
+        "demo", help="publish entries and consume them, printing the throughput",
+        description="Publish --count entries (3 fields, ~100 B) and drain them with a Consumer. "
+                    "Without --redis a throwaway server is started and removed afterwards.")
+    demo.add_argument("--redis", metavar="URL",
+                      help="server to use (redis://host:port/db); default: an embedded server")
+    demo.add_argument("--count", type=_positive_int, default=DEFAULT_COUNT,
+                      help=f"entries to publish and consume (default {DEFAULT_COUNT})")
+    demo.add_argument("--concurrency", type=_positive_int, default=DEFAULT_CONCURRENCY,
+                      help=f"handler threads (default {DEFAULT_CONCURRENCY})")
+    demo.add_argument("--batch-size", type=_positive_int, default=DEFAULT_BATCH_SIZE,
+                      help=f"largest COUNT of one read (default {DEFAULT_BATCH_SIZE})")
+    demo.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
+                      help=f"fail if not all entries are handled by then (default {DEFAULT_TIMEOUT_S:g})")
+    demo.add_argument("--no-extensions", action="store_true",
+                      help=f"use the pure-Python hot path (same as {NO_EXTENSIONS_ENV}=1)")
+    demo.set_defaults(run=_demo_command)
+    return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
+def _demo_command(args: argparse.Namespace, argv: List[str]) -> int:
+    if args.no_extensions and IMPLEMENTATION != "python":
+        # The hot path is chosen once, at import time: only a fresh interpreter can switch it.
+        env = {**os.environ, NO_EXTENSIONS_ENV: "1"}
+        rest = [a for a in argv if a != "--no-extensions"]
+        return subprocess.call([sys.executable, "-m", "rstream", *rest], env=env)
+    server: Optional[EmbeddedServer] = None
+    url = args.redis
+    if url is None:
+        server = EmbeddedServer().start()
+        url = server.url
+        print(f"started embedded server {server.binary} on port {server.port}")
+    try:
+        result = _demo(url, args)
+    finally:
+        if server is not None:
+            server.close()
+    return EXIT_OK if result.ok else EXIT_FAILED
+
+
+def _connect(url: str) -> redis.Redis:
+    """A checked client, or a DemoError saying what is wrong with the URL or the server."""
+    try:
+        client: redis.Redis = redis.Redis.from_url(
+            url, socket_connect_timeout=CONNECT_TIMEOUT_S, socket_timeout=CONNECT_TIMEOUT_S * 6)
+    except ValueError as exc:
+        raise DemoError(f"bad --redis URL {_redact(url)!r}: {exc}") from None
+    try:
+        client.ping()
+    except redis.ConnectionError as exc:
+        raise DemoError(f"cannot reach Redis at {_redact(url)}: {exc}") from None
+    return client
+
+
+def _redact(url: str) -> str:
+    """The URL without its password: it is printed."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+def _server_label(client: redis.Redis) -> str:
+    try:
+        info: Dict[str, Any] = client.info("server")
+    except redis.ResponseError:
+        return "unknown (INFO refused)"
+    if "valkey_version" in info:  # Valkey reports redis_version 7.2.4 for compatibility
+        return f"valkey {info['valkey_version']}"
+    return f"redis {info.get('redis_version', '?')}"
+
+
+def _demo(url: str, args: argparse.Namespace) -> DemoResult:
+    client = _connect(url)
+    stream = f"rstream-demo-{uuid.uuid4().hex[:8]}"
+    print(f"server: {_server_label(client)} at {_redact(url)}")
+    print(f"hot path: {IMPLEMENTATION}")
+    try:
+        _publish(client, stream, args.count)
+        return _drain(url, stream, args)
+    finally:
+        client.delete(stream)  # the group goes with the stream
+        client.close()
+
+
+def _publish(client: redis.Redis, stream: str, count: int) -> None:
+    started = time.perf_counter()
+    for first in range(0, count, PUBLISH_CHUNK):
+        pipe = client.pipeline(transaction=False)
+        for i in range(first, min(first + PUBLISH_CHUNK, count)):
+            pipe.xadd(stream, {b"order": b"%010d" % i, b"customer": b"c-%06d" % (i % 1_000_000),
+                               b"payload": _PAYLOAD})
+        pipe.execute()
+    elapsed = time.perf_counter() - started
+    print(f"published {count:,} entries (3 fields, ~100 B) in {elapsed:.2f} s: "
+          f"{count / elapsed:,.0f} entries/s")
+
+
+def _drain(url: str, stream: str, args: argparse.Namespace) -> DemoResult:
+    """Consume the whole stream from id 0 and time it until the last entry was handled."""
+    done = threading.Event()
+    lock = threading.Lock()
+    handled = 0
+
+    def handle(message: Message) -> None:
+        nonlocal handled
+        with lock:
+            handled += 1
+            if handled == args.count:
+                done.set()
+
+    consumer = Consumer(redis=url, stream=stream, group="rstream-demo", consumer_name="demo-1",
+                        group_start_id="0", concurrency=args.concurrency, batch_size=args.batch_size)
+    started = time.perf_counter()
+    consumer.start(handle)
+    try:
+        deadline = time.monotonic() + args.timeout
+        while not done.wait(POLL_S) and consumer.error is None and time.monotonic() < deadline:
+            pass
+        elapsed, handled_in_time = time.perf_counter() - started, handled
+    finally:
+        consumer.stop(STOP_TIMEOUT_S)
+    result = DemoResult(handled=handled_in_time, drain_s=elapsed, ok=done.is_set())
+    _report(result, consumer, args)
+    return result
+
+
+def _report(result: DemoResult, consumer: Consumer, args: argparse.Namespace) -> None:
+    stats = consumer.stats()
+    print(f"drain throughput: {result.handled / result.drain_s:,.0f} entries/s "
+          f"({result.handled:,} entries handled in {result.drain_s:.2f} s; "
+          f"concurrency {args.concurrency}, batch_size {args.batch_size})")
+    print("stats: " + " ".join(f"{k}={v}" for k, v in dataclasses.asdict(stats).items()))
+    if consumer.error is not None:
+        print(f"rstream: error: the consumer stopped: {consumer.error}", file=sys.stderr)
+    elif not result.ok:
+        print(f"rstream: error: only {result.handled:,} of {args.count:,} entries were handled "
+              f"within {args.timeout:g} s", file=sys.stderr)
+    elif stats.acked != args.count:
+        print(f"rstream: warning: {stats.acked:,} of {args.count:,} entries acknowledged at stop",
+              file=sys.stderr)

@@ -1,0 +1,101 @@
+"""The `rstream` command line: `rstream demo` end to end, in a child process as a user runs it."""
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+from typing import Optional
+
+import pytest
+import redis
+
+from helpers import REPO_ROOT
+from rstream.cli import main
+
+DEMO_TIMEOUT_S = 120.0
+THROUGHPUT_LINE = re.compile(r"^drain throughput: [\d,]+ entries/s \(([\d,]+) entries handled in ",
+                             re.MULTILINE)
+
+
+def run_cli(*args: str, env: Optional[dict[str, str]] = None) -> subprocess.CompletedProcess[str]:
+    """`python -m rstream ARGS` with this checkout first on the path."""
+    child_env = {**os.environ, **(env or {})}
+    child_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), child_env.get("PYTHONPATH")]))
+    return subprocess.run([sys.executable, "-m", "rstream", *args], capture_output=True, text=True,
+                          env=child_env, timeout=DEMO_TIMEOUT_S)
+
+
+def handled_count(output: str) -> int:
+    match = THROUGHPUT_LINE.search(output)
+    assert match, f"no throughput line in:\n{output}"
+    return int(match.group(1).replace(",", ""))
+
+
+def test_demo_on_embedded_server_drains_every_entry() -> None:
+    """`rstream demo` with no --redis starts its own server, handles every entry and exits 0."""
+    result = run_cli("demo", "--count", "2000", "--timeout", "60")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert handled_count(result.stdout) == 2000
+    assert "published 2,000 entries" in result.stdout
+    assert re.search(r"^stats: delivered=2000 acked=2000 ", result.stdout, re.MULTILINE), result.stdout
+    assert re.search(r"^hot path: (cython|python)$", result.stdout, re.MULTILINE), result.stdout
+
+
+def test_demo_against_given_server_cleans_up(redis_url: str, r: redis.Redis) -> None:
+    """`rstream demo --redis URL` uses that server and deletes its stream afterwards."""
+    result = run_cli("demo", "--redis", redis_url, "--count", "1500", "--batch-size", "100",
+                     "--concurrency", "2")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert handled_count(result.stdout) == 1500
+    assert "started embedded server" not in result.stdout
+    assert r.dbsize() == 0, r.keys()
+
+
+def test_demo_no_extensions_uses_pure_python_hot_path() -> None:
+    """`--no-extensions` runs the demo on the pure-Python hot path."""
+    result = run_cli("demo", "--count", "500", "--no-extensions")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert re.search(r"^hot path: python$", result.stdout, re.MULTILINE), result.stdout
+    assert handled_count(result.stdout) == 500
+
+
+def test_bad_redis_url_is_a_clear_error() -> None:
+    """A --redis value that is not a Redis URL exits 1 with one error line, no traceback."""
+    result = run_cli("demo", "--redis", "localhost:6379")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "rstream: error: bad --redis URL 'localhost:6379'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_unreachable_server_is_a_clear_error() -> None:
+    """A --redis URL nobody listens on exits 1 saying the server cannot be reached."""
+    with socket.socket() as s:  # a port that was free a moment ago: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    result = run_cli("demo", "--redis", f"redis://127.0.0.1:{port}/0")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"rstream: error: cannot reach Redis at redis://127.0.0.1:{port}/0" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_password_is_not_printed() -> None:
+    """An unreachable URL with a password is reported with the password masked."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    result = run_cli("demo", "--redis", f"redis://user:s3cret@127.0.0.1:{port}/0")
+    assert result.returncode == 1
+    assert "user:***@127.0.0.1" in result.stderr
+    assert "s3cret" not in result.stdout + result.stderr
+
+
+def test_help_lists_subcommands(capsys: pytest.CaptureFixture[str]) -> None:
+    """`rstream --help` names the demo subcommand; no subcommand prints usage and fails."""
+    with pytest.raises(SystemExit) as exited:
+        main(["--help"])
+    assert exited.value.code == 0
+    assert re.search(r"^\s+demo\s+publish entries", capsys.readouterr().out, re.MULTILINE)
+    assert main([]) == 1
+    assert "usage: rstream" in capsys.readouterr().out
