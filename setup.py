@@ -1,14 +1,14 @@
 """Build the Cython hot path (rstream/_fast.pyx); everything else is in pyproject.toml."""
 import os
 
-from setuptools import setup
+from setuptools import Extension, setup
 
 ext_modules = []
 if os.environ.get("RSTREAM_NO_EXTENSIONS") != "1":
     from Cython.Build import cythonize
 
     ext_modules = cythonize(
-        ["rstream/_fast.pyx"],
+        [Extension("rstream._fast", ["rstream/_fast.pyx"])],
         compiler_directives={
             "language_level": "3",
             "boundscheck": False,
