@@ -1,0 +1,155 @@
+"""Shared by the harness parent and its child programs: test data, server probes, child processes.
+
+Entries are 3 fields of about 100 bytes in all (`n`, `user`, `payload`), written by a server-side
+script so that a million of them take about a second to create.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+import redis
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+RESULT_MARK = "BENCH-RESULT "
+READY_MARK = "BENCH-READY"
+BATCH = 500                     # COUNT of every read, in every variant
+PAYLOAD = b"p" * 64             # with n, user and the field names: ~95 bytes per entry
+PREFILL_CHUNK = 20_000          # entries per EVAL: ~20-40 ms of server time per call
+POLL_S = 0.002                  # how often a child checks whether its drain is complete
+
+# Distinct values per entry (n, user) so that nothing about the data is more compressible than
+# real data would be; the listpack still stores field names once per node, as it would in production.
+_PREFILL_LUA = """
+local first = tonumber(ARGV[1])
+for i = first, first + tonumber(ARGV[2]) - 1 do
+  redis.call('XADD', KEYS[1], '*', 'n', tostring(i),
+             'user', string.format('user-%05d', i % 100000), 'payload', ARGV[3])
+end
+return 1
+"""
+
+
+class BenchError(Exception):
+    """A case could not be measured (a child failed, a tool is missing, a deadline passed)."""
+
+
+def prefill(client: redis.Redis, stream: str, count: int) -> None:
+    """Append `count` entries to `stream` (created if missing)."""
+    script = client.register_script(_PREFILL_LUA)
+    for first in range(0, count, PREFILL_CHUNK):
+        script(keys=[stream], args=[first, min(PREFILL_CHUNK, count - first), PAYLOAD])
+
+
+def new_group(client: redis.Redis, stream: str, group: str, start_id: str = "0") -> None:
+    """A group that has read nothing yet: every case drains the same entries through its own group."""
+    client.xgroup_create(stream, group, start_id, mkstream=True)
+
+
+def server_cpu_s(client: redis.Redis) -> float:
+    """CPU seconds (user + sys) of the server's main thread; the whole process on old servers."""
+    info = client.info("cpu")
+    if "used_cpu_sys_main_thread" in info:
+        return float(info["used_cpu_sys_main_thread"]) + float(info["used_cpu_user_main_thread"])
+    return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+
+
+def server_cpu_scope(client: redis.Redis) -> str:
+    return "main thread" if "used_cpu_sys_main_thread" in client.info("cpu") else "process"
+
+
+class Window:
+    """Wall time and server CPU between open() and close() of one measured run."""
+
+    def __init__(self, probe: redis.Redis) -> None:
+        self.probe = probe
+        self.t0 = self.t1 = 0.0
+        self.cpu0 = self.cpu1 = 0.0
+
+    def open(self) -> None:
+        self.cpu0 = server_cpu_s(self.probe)
+        self.t0 = time.perf_counter()
+
+    def close(self) -> None:
+        self.t1 = time.perf_counter()
+        self.cpu1 = server_cpu_s(self.probe)
+
+    def result(self, entries: int) -> Dict[str, float]:
+        seconds = self.t1 - self.t0
+        cpu = self.cpu1 - self.cpu0
+        return {"entries": entries, "seconds": seconds, "rate": entries / seconds,
+                "server_cpu_s": cpu, "server_cpu_us_per_entry": cpu / entries * 1e6,
+                "server_busy": cpu / seconds}
+
+
+def rss_mb() -> float:
+    """Current resident set of this process, from /proc (no psutil needed in children)."""
+    with open("/proc/self/statm") as statm:
+        pages = int(statm.read().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set of this process so far (ru_maxrss is in KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def emit(result: Mapping[str, Any]) -> None:
+    """A child's one result line; everything else it prints is ignored by the parent."""
+    print(RESULT_MARK + json.dumps(result), flush=True)
+
+
+def child_env(extra: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
+    """This environment, with this checkout first on the path, plus `extra`."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra or {})
+    return env
+
+
+def child_command(module: str, args: Sequence[str]) -> List[str]:
+    return [sys.executable, "-m", module, *args]
+
+
+def run_child(module: str, args: Sequence[str], timeout: float,
+              env: Optional[Mapping[str, str]] = None) -> Dict[str, Any]:
+    """Run `python -m module args...` to completion and return its result line."""
+    try:
+        proc = subprocess.run(child_command(module, args), cwd=REPO_ROOT, env=child_env(env),
+                              stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise BenchError(f"{module} {' '.join(args)}: no result within {timeout:.0f} s") from None
+    return parse_result(module, proc.returncode, proc.stdout, proc.stderr)
+
+
+def parse_result(module: str, returncode: Optional[int], stdout: str, stderr: str) -> Dict[str, Any]:
+    for line in reversed(stdout.splitlines()):
+        if line.startswith(RESULT_MARK):
+            result: Dict[str, Any] = json.loads(line[len(RESULT_MARK):])
+            return result
+    lines = (stdout + stderr).strip().splitlines()
+    last = lines[-1] if lines else "(no output)"
+    tail = "\n".join(lines[-15:])
+    raise BenchError(f"{module} exited with {returncode}: {last}\n{tail}")
+
+
+def percentile(ordered: Sequence[float], fraction: float) -> float:
+    """Nearest-rank percentile of an ascending sequence."""
+    if not ordered:
+        raise BenchError("percentile of no values")
+    rank = max(1, min(len(ordered), math.ceil(fraction * len(ordered))))
+    return ordered[rank - 1]
+
+
+def median(values: Sequence[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2

@@ -1,0 +1,194 @@
+"""Child program: drain `--count` pre-filled entries through one consumer group and report.
+
+    python -m bench.drain {rstream,redis-py,walrus} --url URL --stream S --group G --count N
+                          [--sleep-ms MS] [--concurrency C] [--timeout S]
+
+The handler is a no-op, or sleeps `--sleep-ms` (an I/O-bound handler). The timed window runs from
+just before the first read (rstream: just before `start()`) until the server has acknowledged all
+`count` entries; setup and `stop()` are outside it. The result line carries the rate, the server's
+CPU in that window, this process's peak RSS and, for rstream, which hot path was loaded.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import threading
+import time
+from typing import Any, Callable, Dict, List, Optional
+
+import redis
+
+from bench.common import BATCH, POLL_S, BenchError, Window, emit, peak_rss_mb, rss_mb
+
+Handler = Callable[[Any], None]
+READ_BLOCK_MS = 1000
+STATS_LAG_LIMIT_S = 5.0
+NO_PROGRESS_S = 20.0  # nothing delivered for this long: rstream is stuck, fail fast
+
+
+def make_handler(sleep_ms: float) -> Handler:
+    if sleep_ms <= 0:
+        def noop(message: Any) -> None:
+            return None
+        return noop
+    pause = sleep_ms / 1000
+
+    def io_bound(message: Any) -> None:
+        time.sleep(pause)  # stands in for a network call: releases the GIL like real I/O
+    return io_bound
+
+
+def drain_rstream(args: argparse.Namespace, handler: Handler, window: Window) -> Dict[str, Any]:
+    import rstream
+    from rstream import _hotpath
+
+    consumer = rstream.Consumer(args.url, args.stream, args.group, "bench-rstream",
+                                group_start_id="0", concurrency=args.concurrency)
+    wake = threading.Event()  # never set: a deadline-bound poll that does not hold the GIL
+    deadline = time.monotonic() + args.timeout
+    stalled = Progress(NO_PROGRESS_S)
+    # When the first entry and the last entry reached a handler, to tell startup and a slow
+    # final ack apart from throughput (polled, so the handler stays a true no-op).
+    marks: Dict[str, float] = {}
+    window.open()
+    consumer.start(handler)
+    try:
+        while not drained(consumer, args, window, marks):
+            if consumer.error is not None:
+                raise BenchError(f"rstream stopped: {consumer.error}")
+            if time.monotonic() > deadline or stalled(consumer.stats().delivered):
+                raise BenchError(f"rstream delivered {consumer.stats().delivered} of {args.count} "
+                                 f"after {time.perf_counter() - window.t0:.0f} s")
+            wake.wait(POLL_S)
+        window.close()
+        marks["stats_acked_lag_s"] = stats_lag(consumer, args.count, wake)
+        stats = consumer.stats()
+    finally:
+        consumer.stop()
+    return {"implementation": _hotpath.IMPLEMENTATION, "stats": dataclasses.asdict(stats), **marks}
+
+
+class Progress:
+    """Called with a growing count; True once it has not grown for `limit_s` seconds."""
+
+    def __init__(self, limit_s: float) -> None:
+        self.limit_s = limit_s
+        self.count = -1
+        self.since = time.monotonic()
+
+    def __call__(self, count: int) -> bool:
+        now = time.monotonic()
+        if count != self.count:
+            self.count, self.since = count, now
+        return now - self.since > self.limit_s
+
+
+def drained(consumer: Any, args: argparse.Namespace, window: Window, marks: Dict[str, float]) -> bool:
+    """All entries delivered and none pending on the server. The server is asked, not
+    `stats().acked`: that counter may trail the server's acks (see `stats_lag`)."""
+    delivered = consumer.stats().delivered
+    now = time.perf_counter() - window.t0
+    if delivered:
+        marks.setdefault("first_delivery_s", now)
+    if delivered < args.count:
+        return False
+    marks.setdefault("all_delivered_s", now)
+    return int(window.probe.xpending(args.stream, args.group)["pending"]) == 0
+
+
+def stats_lag(consumer: Any, count: int, wake: threading.Event) -> float:
+    """Seconds from the server having acked everything until `stats().acked` says so (capped)."""
+    start = time.perf_counter()
+    limit = start + STATS_LAG_LIMIT_S
+    while consumer.stats().acked < count and time.perf_counter() < limit:
+        wake.wait(POLL_S)
+    return time.perf_counter() - start
+
+
+def drain_redis_py(args: argparse.Namespace, handler: Handler, window: Window) -> Dict[str, Any]:
+    """What a user writes by hand: XREADGROUP COUNT 500, handle each entry, one XACK per batch."""
+    client = redis.Redis.from_url(args.url)
+    client.ping()  # connect outside the window, as rstream connects before its first read
+    connection = client.connection_pool.get_connection()
+    parser = type(getattr(connection, "_parser", None)).__name__
+    client.connection_pool.release(connection)
+    acked = 0
+    deadline = time.monotonic() + args.timeout
+    window.open()
+    while acked < args.count:
+        if time.monotonic() > deadline:
+            raise BenchError(f"redis-py loop acked {acked} of {args.count} in {args.timeout} s")
+        reply: Any = client.xreadgroup(args.group, "bench-redis-py", {args.stream: ">"},
+                                       count=BATCH, block=READ_BLOCK_MS)  # RESP2: [[key, entries]]
+        if not reply:
+            continue
+        entries = reply[0][1]
+        for entry in entries:
+            handler(entry)
+        acked += client.xack(args.stream, args.group, *[entry[0] for entry in entries])
+    window.close()
+    client.close()
+    return {"parser": parser}
+
+
+def drain_walrus(args: argparse.Namespace, handler: Handler, window: Window) -> Dict[str, Any]:
+    """walrus's ConsumerGroup, used as its documentation shows: read(count), then ack(*ids)."""
+    import walrus  # type: ignore[import-untyped]
+
+    db = walrus.Database.from_url(args.url)
+    group = db.consumer_group(args.group, [args.stream], consumer="bench-walrus")
+    stream = group.streams[args.stream]
+    db.ping()
+    acked = 0
+    deadline = time.monotonic() + args.timeout
+    window.open()
+    while acked < args.count:
+        if time.monotonic() > deadline:
+            raise BenchError(f"walrus acked {acked} of {args.count} in {args.timeout} s")
+        for _key, messages in group.read(count=BATCH, block=READ_BLOCK_MS) or []:
+            for message in messages:
+                handler(message)
+            if messages:
+                acked += stream.ack(*[message_id for message_id, _ in messages])
+    window.close()
+    return {"walrus": walrus.__version__}
+
+
+DRAINERS: Dict[str, Callable[[argparse.Namespace, Handler, Window], Dict[str, Any]]] = {
+    "rstream": drain_rstream,
+    "redis-py": drain_redis_py,
+    "walrus": drain_walrus,
+}
+
+
+def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.drain", description=__doc__)
+    parser.add_argument("variant", choices=sorted(DRAINERS))
+    parser.add_argument("--url", required=True)
+    parser.add_argument("--stream", required=True)
+    parser.add_argument("--group", required=True)
+    parser.add_argument("--count", type=int, required=True)
+    parser.add_argument("--sleep-ms", type=float, default=0.0)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--timeout", type=float, default=300.0)
+    return parser.parse_args(argv)
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    args = parse_args(argv)
+    probe = redis.Redis.from_url(args.url)
+    rss_before = rss_mb()
+    window = Window(probe)
+    extra = DRAINERS[args.variant](args, make_handler(args.sleep_ms), window)
+    pending = probe.xpending(args.stream, args.group)["pending"]
+    if pending:
+        raise BenchError(f"{args.variant}: {pending} entries still pending after the drain")
+    result = {"variant": args.variant, **window.result(args.count), "rss_before_mb": rss_before,
+              "peak_rss_mb": peak_rss_mb(), **extra}
+    if "first_delivery_s" in extra:  # the rate without rstream's startup (threads, connections)
+        result["rate_from_first_delivery"] = args.count / (window.t1 - window.t0 - extra["first_delivery_s"])
+    emit(result)
+
+
+if __name__ == "__main__":
+    main()

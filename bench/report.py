@@ -1,0 +1,201 @@
+"""Turn the cases' results into the printed table, the targets of issue 5 and the JSON document."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import operator
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+Row = List[str]
+HEADER: Row = ["case", "measurement", "result", "server CPU/entry, busy", "target", "status"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    name: str
+    value: float
+    bound: float
+    at_least: bool  # value >= bound, else value < bound (or <= for "at most")
+    inclusive: bool = True
+
+    @property
+    def met(self) -> bool:
+        if self.at_least:
+            return self.value >= self.bound
+        compare: Callable[[float, float], bool] = operator.le if self.inclusive else operator.lt
+        return compare(self.value, self.bound)
+
+    @property
+    def text(self) -> str:
+        sign = ">=" if self.at_least else ("<=" if self.inclusive else "<")
+        return f"{sign} {self.bound:g}"
+
+    def as_json(self) -> Dict[str, Any]:
+        return {"name": self.name, "value": self.value, "target": self.text, "met": self.met}
+
+
+class Table:
+    """Rows of the printed table and the targets judged on the way."""
+
+    def __init__(self) -> None:
+        self.rows: List[Row] = []
+        self.targets: List[Target] = []
+
+    def add(self, case: str, measurement: str, result: str, server: str = "") -> None:
+        self.rows.append([case, measurement, result, server, "", ""])
+
+    def judge(self, case: str, target: Target, result: str) -> None:
+        self.targets.append(target)
+        self.rows.append([case, target.name, result, "", target.text, "met" if target.met else "NOT MET"])
+
+    def render(self) -> str:
+        widths = [max(len(row[i]) for row in [HEADER] + self.rows) for i in range(len(HEADER))]
+        lines = [fmt_row(HEADER, widths), fmt_row(["-" * w for w in widths], widths)]
+        last_case = None
+        for row in self.rows:
+            shown = [""] + row[1:] if row[0] == last_case else row
+            last_case = row[0]
+            lines.append(fmt_row(shown, widths))
+        return "\n".join(lines)
+
+
+def fmt_row(row: Row, widths: List[int]) -> str:
+    return "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip()
+
+
+def rate(value: float) -> str:
+    return f"{value:,.0f} entries/s"
+
+
+def ratio(value: float) -> str:
+    return f"{value:.2f}x"
+
+
+def server(result: Dict[str, Any]) -> str:
+    if "server_cpu_us_per_entry" not in result:
+        return ""
+    return f"{result['server_cpu_us_per_entry']:.2f} us, {result['server_busy']:.0%}"
+
+
+def add_decode(table: Table, result: Dict[str, Any]) -> None:
+    case = "0 decode 500 entries"
+    table.add(case, "pure Python decode_entries", f"{result['pure_us_per_entry']:.3f} us/entry")
+    if "compiled_us_per_entry" not in result:
+        table.add(case, "compiled decode_entries", f"not loaded: {result.get('compiled_error')}")
+        return
+    table.add(case, "compiled decode_entries", f"{result['compiled_us_per_entry']:.3f} us/entry")
+    table.judge(case, Target("compiled / pure decode", result["speedup"], 3.0, True), ratio(result["speedup"]))
+
+
+def add_drain(table: Table, result: Dict[str, Any]) -> None:
+    case = f"1 drain {result['entries']:,}"
+    variants = result["variants"]
+    for label, summary in variants.items():
+        loaded = summary.get("implementation")
+        suffix = f" [{','.join(loaded)}]" if loaded else ""
+        table.add(case, label + suffix, rate(summary["rate"]), server(summary))
+        add_startup(table, case, summary)
+    limit = result["c_client"]
+    if "rate" in limit:
+        table.add(case, "C-client limit (redis-benchmark)", rate(limit["rate"]), server(limit))
+    compiled, pure = variants["rstream compiled"]["rate"], variants["rstream pure-Python"]["rate"]
+    loop, walrus = variants["redis-py loop"]["rate"], variants["walrus ConsumerGroup"]["rate"]
+    table.judge(case, Target("compiled / redis-py loop", compiled / loop, 2.0, True), ratio(compiled / loop))
+    if "rate" in limit:
+        table.judge(case, Target("compiled / C-client limit", compiled / limit["rate"], 0.7, True),
+                    ratio(compiled / limit["rate"]))
+    table.judge(case, Target("pure / redis-py loop", pure / loop, 1.2, True), ratio(pure / loop))
+    table.add(case, "compiled / walrus", ratio(compiled / walrus))
+
+
+def add_startup(table: Table, case: str, summary: Dict[str, Any]) -> None:
+    """rstream's rate with its startup (threads, connections, group check) left out."""
+    if "rate_from_first_delivery" in summary:
+        startup_ms = summary["first_delivery_s"] * 1e3
+        table.add(case, f"  same, after startup ({startup_ms:.0f} ms)", rate(summary["rate_from_first_delivery"]))
+
+
+def add_io(table: Table, result: Dict[str, Any]) -> None:
+    case = f"2 sleep 1 ms x{result['entries']:,}"
+    ours, loop = result["rstream"]["rate"], result["redis_py_loop"]["rate"]
+    table.add(case, f"rstream concurrency={result['concurrency']}", rate(ours), server(result["rstream"]))
+    add_startup(table, case, result["rstream"])
+    table.add(case, "redis-py loop (sequential)", rate(loop))
+    table.add(case, "ideal", rate(result["ideal_rate"]))
+    # time.sleep(0.001) overshoots; the sequential loop's rate shows by how much on this machine.
+    table.add(case, f"{result['concurrency']} x the sequential loop", rate(result["concurrency"] * loop))
+    table.judge(case, Target("rstream / ideal", ours / result["ideal_rate"], 0.7, True),
+                ratio(ours / result["ideal_rate"]))
+    table.add(case, "rstream / redis-py loop", ratio(ours / loop))
+
+
+def add_latency(table: Table, result: Dict[str, Any]) -> None:
+    case = f"3 latency {result['rate']:,}/s {result['seconds']:g} s"
+    producer = result["producer"]
+    table.add(case, "producer rate achieved", rate(producer["rate"]))
+    table.add(case, "p50 XADD -> handler", f"{result['p50_ms']:.2f} ms")
+    table.judge(case, Target("p99 XADD -> handler (ms)", result["p99_ms"], 2.0, False),
+                f"{result['p99_ms']:.2f} ms")
+    table.add(case, "p99.9 XADD -> handler", f"{result['p999_ms']:.2f} ms")
+    table.add(case, "max XADD -> handler", f"{result['max_ms']:.2f} ms")
+
+
+def add_memory(table: Table, result: Dict[str, Any]) -> None:
+    small, large = result["backlogs"]
+    case = f"4 memory {small:,} vs {large:,}"
+    for count in result["backlogs"]:
+        run = result["runs"][str(count)]
+        table.add(case, f"peak RSS draining {count:,}",
+                  f"{run['peak_rss_mb']:.1f} MB ({run['rss_before_mb']:.1f} MB before start)", server(run))
+    table.judge(case, Target("peak RSS growth (MB)", result["growth_mb"], 50.0, False, inclusive=False),
+                f"{result['growth_mb']:+.1f} MB")
+
+
+def add_failover(table: Table, result: Dict[str, Any]) -> None:
+    case = "5 failover"
+    if "skipped" in result:
+        table.add(case, "failover time", "skipped (see notes)")
+        return
+    if "failover_ms_median" in result:
+        table.add(case, "setup", f"heartbeat {result['heartbeat_interval_ms']} ms x "
+                  f"{result['allowed_missed_heartbeats']} missed, {result['entries']} entries held")
+        table.add(case, "SIGKILL -> last entry handled elsewhere",
+                  f"median {result['failover_ms_median']:.0f} ms (min {result['failover_ms_min']:.0f}, "
+                  f"max {result['failover_ms_max']:.0f})")
+        table.add(case, f"runs within bound {result['bound_ms']} ms", str(result["within_bound"]))
+        return
+    for key, value in result.items():  # a result shape this table does not know: show the scalars
+        if not isinstance(value, (list, dict)):
+            table.add(case, key, f"{value:.3f}" if isinstance(value, float) else str(value))
+
+
+ADDERS: Dict[str, Callable[[Table, Dict[str, Any]], None]] = {
+    "decode": add_decode, "drain": add_drain, "io": add_io,
+    "latency": add_latency, "memory": add_memory, "failover": add_failover,
+}
+
+
+def build_table(results: Dict[str, Dict[str, Any]]) -> Table:
+    table = Table()
+    for name, result in results.items():
+        if "error" in result:
+            table.add(name, "FAILED", result["error"].splitlines()[0][:100])
+            continue
+        try:
+            ADDERS[name](table, result)
+        except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:  # a partial result
+            table.add(name, "could not tabulate", f"{type(exc).__name__}: {exc}"[:100])
+    return table
+
+
+def write_json(path: Path, document: Dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(document, indent=2, sort_keys=False) + "\n")
+
+
+def document(meta: Dict[str, Any], machine: Dict[str, Any], results: Dict[str, Dict[str, Any]],
+             table: Table, notes: List[str], sizes: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    return {"meta": meta, "machine": machine, "sizes": sizes or {}, "cases": results,
+            "targets": [target.as_json() for target in table.targets], "notes": notes,
+            "table": table.render().splitlines()}
