@@ -54,6 +54,17 @@ def dead_consumers(consumers: Sequence[ConsumerInfo], me: str, dead_after_ms: in
     return sorted(dead, key=lambda c: -c.pending)
 
 
+def next_check_ms(consumers: Sequence[ConsumerInfo], me: str, dead_after_ms: int,
+                  interval_ms: int) -> int:
+    """How long the reaper may wait before it looks again: one interval, or less when another
+    consumer, not dead yet, will cross the dead threshold sooner. A death is then seen within
+    milliseconds of the threshold, not up to an interval later; consumers that beat on time
+    never cause an early look (their idle stays under one interval)."""
+    due = [dead_after_ms - c.idle_ms + 1 for c in consumers
+           if c.name != me and c.idle_ms <= dead_after_ms]
+    return max(1, min([interval_ms, *due]))
+
+
 def claim_page(entries: Sequence[PendingEntry]) -> Tuple[List[str], Dict[str, int], int]:
     """Ids to XCLAIM from one XPENDING page, the attempt each will have, and the min-idle-time.
 

@@ -3,7 +3,8 @@
 Heartbeat: a history read past the last possible id returns nothing but resets this consumer's
 idle time in XINFO CONSUMERS, so liveness is kept by the server's clock with no extra keys.
 
-Reaper: every heartbeat interval, (1) claims the pending entries of consumers idle longer than
+Reaper: every heartbeat interval (sooner when another consumer is about to cross the dead
+threshold), (1) claims the pending entries of consumers idle longer than
 `heartbeat_interval * allowed_missed_heartbeats`, page by page, (2) removes such consumers once
 their pending lists are empty (atomically, by script), and (3) re-delivers this consumer's own
 strays: entries pending for it that it does not hold (a read whose reply was lost, an entry put
@@ -13,15 +14,26 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Callable, Optional
 
 from .dispatch import Ledger
-from .failover import claim_page, dead_consumers, next_start, stray_entries
+from .failover import claim_page, dead_consumers, next_check_ms, next_start, stray_entries
 from .intake import Intake
 from .options import Options
 from .redisio import StreamOps
 
 log = logging.getLogger("rstream")
+
+
+# Shortest wait between two steps, so that a late step never turns into a busy loop.
+MIN_WAIT_S = 0.001
+
+
+def _rest_of(period_s: float, started: float) -> float:
+    """What remains of a period that began at `started` (monotonic): steps keep a fixed rate
+    instead of drifting by their own duration, which would eat into the dead threshold."""
+    return max(MIN_WAIT_S, period_s - (time.monotonic() - started))
 
 
 class Heartbeat:
@@ -30,8 +42,9 @@ class Heartbeat:
         self._interval_s = options.heartbeat_interval / 1000
 
     def step(self) -> Optional[float]:
+        started = time.monotonic()
         self.ops.heartbeat()
-        return self._interval_s
+        return _rest_of(self._interval_s, started)
 
 
 class Reaper:
@@ -46,7 +59,9 @@ class Reaper:
 
     def step(self) -> Optional[float]:
         dead_after = self._o.dead_after_ms
-        for consumer in dead_consumers(self.ops.consumers(), self._o.consumer_name, dead_after):
+        observed_at = time.monotonic()
+        consumers = self.ops.consumers()
+        for consumer in dead_consumers(consumers, self._o.consumer_name, dead_after):
             claimed = self._claim_all(consumer.name, dead_after, counter="claimed", strays=False)
             if self._stop.is_set():
                 break
@@ -61,7 +76,9 @@ class Reaper:
             if strays:
                 log.warning("rstream: re-delivered %d of this consumer's own pending entries that "
                             "it no longer held", strays)
-        return self._o.heartbeat_interval / 1000
+        wait_ms = next_check_ms(consumers, self._o.consumer_name, dead_after,
+                                self._o.heartbeat_interval)
+        return _rest_of(wait_ms / 1000, observed_at)
 
     def _claim_all(self, consumer: str, min_idle_ms: int, counter: str, strays: bool) -> int:
         """Claim `consumer`'s entries idle at least `min_idle_ms`, page by page."""
