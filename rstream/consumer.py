@@ -49,6 +49,7 @@ class Consumer:
         self._fatal: Optional[FatalRedisError] = None
         self._links: List[Link] = []
         self._loops: List[Loop] = []
+        self._group_seen = False  # the group was created or found once (see _recreate_group)
 
     # -- public API ---------------------------------------------------------------------------
     def start(self, handler: Handler) -> "Consumer":
@@ -90,6 +91,13 @@ class Consumer:
         """Stop reading, let in-flight handlers finish (until `timeout` seconds), flush acks.
         Entries not finished stay pending and are replayed or claimed later."""
         self._stop_requested.set()
+        pool = getattr(self, "_pool", None)
+        if pool is not None and pool.runs_on(threading.current_thread()):
+            # Called from a handler, which cannot wait for its own end: drain on another thread
+            # (run() is woken by the event and drains itself).
+            if not self._in_run:
+                threading.Thread(target=self.stop, args=(timeout,), name="rstream-stop").start()
+            return
         with self._lifecycle:
             state = self._state
             if state == "running":
@@ -155,11 +163,13 @@ class Consumer:
 
         def loop(name: str, step: Callable[[], Optional[float]], ops: StreamOps,
                  stop: threading.Event) -> Loop:
-            return Loop(name, step, stop, health, lambda: self._recreate_group(ops), self._on_fatal)
+            return Loop(name, step, stop, health, lambda: self._recreate_group(ops), self._on_fatal,
+                        ops.link)
 
         self._reader_loop = loop("rstream-reader", self._reader.step, self._reader.ops, self._intake_stop)
         self._reaper_loop = loop("rstream-reaper", self._reaper.step, self._reaper.ops, self._intake_stop)
         self._acker_loop = loop("rstream-acker", self._acker.step, self._acker.ops, self._acker_stop)
+        self._acker_loop.proves_stream = False  # XACK on a deleted stream succeeds (answers 0)
         self._heartbeat_loop = loop("rstream-heartbeat", self._heartbeat.step, self._heartbeat.ops,
                                     self._heartbeat_stop)
         self._loops = [self._heartbeat_loop, self._acker_loop, self._reader_loop, self._reaper_loop]
@@ -181,8 +191,11 @@ class Consumer:
             self._health.stream_missing(exc)
 
     def _recreate_group(self, ops: StreamOps, at_start: bool = False) -> None:
-        if ops.ensure_group():
-            if not at_start:
+        created = ops.ensure_group()
+        # A group first made once a missing stream appeared was never lost: not a re-creation.
+        existed, self._group_seen = self._group_seen, True
+        if created:
+            if not at_start and existed:
                 self._counters.add(group_recreated=1)
                 log.warning("rstream: consumer group %r on %r was missing and has been created "
                             "again at %r", self.options.group, self.options.stream,
@@ -213,6 +226,7 @@ class Consumer:
                         self._ledger.in_flight, len(left))
         self._acker_stop.set()
         self._acker_loop.join(deadline)
+        self._acker.ops.link.limit(deadline)  # a black-holed network must not hold stop() up
         try:
             self._acker.flush_all()
         except RStreamError as exc:

@@ -15,6 +15,14 @@ from typing import Callable, Deque, Iterable, List, Optional, Set, Tuple
 from .message import Message
 
 Failure = Tuple[Message, BaseException]
+
+# Waking a worker costs tens of microseconds (a lock hand-off and a GIL switch). A chunk should
+# carry at least that much handler work: fast handlers get whole batches, slow ones are spread
+# over all workers.
+WAKE_COST_S = 50e-6
+# The handler's cost per message is unknown until a chunk has run: assume slow, so the first
+# batch is spread over the workers.
+INITIAL_COST_S = 1e-3
 ChunkDone = Callable[[List[str], List[Failure]], None]
 
 
@@ -28,27 +36,46 @@ class Ledger:
         self._reserved = 0
         self._in_flight = 0
         self._held: Set[str] = set()
+        self._room_wanted = False  # due retries wait for slots: reads leave some free
+        self._first_callers = 0    # `first` callers inside reserve(): reads leave some free
 
     @property
     def in_flight(self) -> int:
         return self._in_flight
 
-    def reserve(self, want: int, stop: threading.Event, wait_s: Optional[float] = None) -> int:
-        """Reserve up to `want` slots, waiting for at least one (until `stop` or `wait_s`)."""
+    def want_room(self, wanted: bool) -> None:
+        """Entries read before (due retries) wait for slots: see `reserve`."""
+        with self._cond:
+            self._room_wanted = wanted
+
+    def reserve(self, want: int, stop: threading.Event, wait_s: Optional[float] = None,
+                first: bool = False) -> int:
+        """Reserve up to `want` slots, waiting for at least one (until `stop` or `wait_s`).
+
+        `first` callers bring entries read before (claims, retries). While one waits here, or
+        `want_room` is on, other callers (reads) leave half the slots (at least one) free:
+        else an idle reader, re-reserving every free slot for its next blocking read at once,
+        would starve them for good."""
         deadline = None if wait_s is None else time.monotonic() + wait_s
         with self._cond:
-            while True:
-                free = self.limit - self._reserved - self._in_flight
-                if free > 0:
-                    granted = min(want, free)
-                    self._reserved += granted
-                    return granted
-                if stop.is_set():
-                    return 0
-                remaining = 0.1 if deadline is None else min(0.1, deadline - time.monotonic())
-                if remaining <= 0:
-                    return 0
-                self._cond.wait(remaining)
+            self._first_callers += first
+            try:
+                while True:
+                    free = self.limit - self._reserved - self._in_flight
+                    if not first and (self._room_wanted or self._first_callers):
+                        free -= max(1, self.limit // 2)
+                    if free > 0:
+                        granted = min(want, free)
+                        self._reserved += granted
+                        return granted
+                    if stop.is_set():
+                        return 0
+                    remaining = 0.1 if deadline is None else min(0.1, deadline - time.monotonic())
+                    if remaining <= 0:
+                        return 0
+                    self._cond.wait(remaining)
+            finally:
+                self._first_callers -= first
 
     def admit(self, reserved: int, ids: Iterable[str], count: int) -> None:
         """Turn a reservation into `count` held entries (the rest of it is freed)."""
@@ -102,6 +129,7 @@ class WorkerPool:
         self._queued = 0
         self._closing = False
         self._threads: List[threading.Thread] = []
+        self._cost_s = INITIAL_COST_S  # moving average of handler seconds per message
 
     def start(self) -> None:
         for n in range(self._concurrency):
@@ -116,7 +144,7 @@ class WorkerPool:
         with self._cond:
             self._queue.append(messages)
             self._queued += len(messages)
-            self._cond.notify(min(len(messages), self._concurrency))
+            self._cond.notify(min(-(-len(messages) // self._share()), self._concurrency))
 
     def close(self) -> None:
         """Workers exit once the queue is empty; queued work is still done (drain)."""
@@ -134,6 +162,10 @@ class WorkerPool:
             self._cond.notify_all()
             return left
 
+    def runs_on(self, thread: threading.Thread) -> bool:
+        """True if `thread` is one of this pool's workers (a handler is calling us)."""
+        return thread in self._threads
+
     def join(self, deadline: float) -> None:
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
@@ -144,7 +176,7 @@ class WorkerPool:
                 if self._closing:
                     return None
                 self._cond.wait()
-            share = max(1, -(-self._queued // self._concurrency))
+            share = self._share()
             head = self._queue[0]
             if len(head) <= share:
                 chunk = self._queue.popleft()
@@ -155,12 +187,25 @@ class WorkerPool:
                 self._cond.notify()
             return chunk
 
+    def _share(self) -> int:
+        """How many queued messages one worker takes: an even split, or more when the handler
+        is so fast that waking another worker would cost more than the work it takes over."""
+        if self._queued <= self._concurrency:
+            # Few enough for one each: the cost estimate is the past, and one slow message in a
+            # shared chunk would hold the others back while workers sit idle.
+            return 1
+        even = -(-self._queued // self._concurrency)
+        worth = int(WAKE_COST_S / self._cost_s) if self._cost_s > 0 else self._queued
+        return max(1, even, min(worth, self._queued))
+
     def _work(self) -> None:
         handler = self._handler
+        clock = time.perf_counter
         while True:
             chunk = self._take()
             if chunk is None:
                 return
+            started = clock()
             ok: List[str] = []
             failures: List[Failure] = []
             for message in chunk:
@@ -170,4 +215,5 @@ class WorkerPool:
                     failures.append((message, exc))
                 else:
                     ok.append(message.id)
+            self._cost_s = 0.8 * self._cost_s + 0.2 * (clock() - started) / len(chunk)
             self._chunk_done(ok, failures)

@@ -28,6 +28,7 @@ class Reader:
         self._stop = stop
         self.replay_done = threading.Event()
         self._after = "0"
+        self._flowing = False  # the last read came back full: more entries are waiting
         self._out: Optional[Tuple[int, SettleBatch, int]] = None  # reserved, batch, replies
 
     def step(self) -> Optional[float]:
@@ -53,29 +54,37 @@ class Reader:
 
     def _read_new(self) -> None:
         if self._out is None:
-            self._send(self._ledger.reserve(self._o.batch_size, self._stop))
+            # After a short read this one may block: acks then stay with the acker thread
+            # rather than wait up to receive_interval for this read's reply.
+            self._send(self._ledger.reserve(self._o.batch_size, self._stop), carry_acks=self._flowing)
             if self._out is None:
                 return
         reserved, batch, replies = self._out
         self._out = None
         try:
-            (messages, deleted), result = self.ops.finish_read(batch, replies)
+            self._acker.sent(batch, self.ops.finish_settle(batch, replies))
         except BaseException:
             self._ledger.admit(reserved, (), 0)
             self._acker.restore(batch)
             raise
-        self._acker.sent(batch, result)
         try:
-            if len(messages) + len(deleted) >= reserved:
+            messages, deleted = self.ops.finish_read()
+        except BaseException:
+            self._ledger.admit(reserved, (), 0)
+            raise
+        self._flowing = len(messages) + len(deleted) >= reserved
+        try:
+            if self._flowing:
                 # A full batch: more is waiting. Keep the server busy while we deliver this one.
-                self._send(self._ledger.reserve(self._o.batch_size, self._stop, wait_s=0))
+                self._send(self._ledger.reserve(self._o.batch_size, self._stop, wait_s=0),
+                           carry_acks=True)
         finally:
             self._intake.deliver(reserved, messages, deleted)
 
-    def _send(self, reserved: int) -> None:
+    def _send(self, reserved: int, carry_acks: bool) -> None:
         if not reserved:
             return
-        batch = self._acker.take_for_send()
+        batch = self._acker.take_for_send() if carry_acks else SettleBatch()
         try:
             replies = self.ops.send_read(batch, reserved, self._o.receive_interval)
         except BaseException:

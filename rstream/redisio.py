@@ -10,8 +10,8 @@ Commands (S = stream, G = group, ME = consumer_name, D = dead-letter stream):
 - ``MULTI / XPENDING S G <start> + n ME / XREADGROUP GROUP G ME COUNT n STREAMS S <after> / EXEC``
   — one page of this consumer's own pending entries with their delivery counts (replay at start).
 - ``XACK S G id...`` — settle; with `delete_on_ack`: ``MULTI / XACK S G id... / XDEL S id... / EXEC``.
-- ``EVAL <dead-letter script> 2 S D G id del field value...`` — XACK, then XADD to D only if the XACK
-  acknowledged the entry (and XDEL with `delete_on_ack`), atomically and idempotently.
+- ``EVAL <dead-letter script> 2 S D G id del field value...`` — if the entry is still pending
+  (XPENDING), XADD it to D, then XACK (and XDEL with `delete_on_ack`), atomically and idempotently.
 - ``XREADGROUP GROUP G ME COUNT 1 STREAMS S 18446744073709551615`` — the heartbeat: returns nothing,
   resets ME's idle in XINFO CONSUMERS.
 - ``XINFO CONSUMERS S G`` — liveness of the other consumers (reaper).
@@ -27,6 +27,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+import hiredis
+
 from . import _hotpath as hot
 from .connection import Link, server_version, translate
 from .errors import FatalRedisError, GroupMissing, RStreamError, StreamMissing
@@ -39,13 +41,14 @@ MIN_SERVER_VERSION = (6, 2)
 # A history read past every possible id: returns nothing, but counts as an interaction.
 HEARTBEAT_ID = "18446744073709551615"
 
+# XADD before XACK: a script error does not roll back earlier writes, so an XADD that fails
+# (wrong key type, too many fields for Lua's unpack) must fail before the entry is acked.
 DEAD_LETTER_SCRIPT = """
-local acked = redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
-if acked == 1 then
-  redis.call('XADD', KEYS[2], '*', unpack(ARGV, 4))
-  if ARGV[3] == '1' then redis.call('XDEL', KEYS[1], ARGV[2]) end
-end
-return acked
+if #redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1) == 0 then return 0 end
+redis.call('XADD', KEYS[2], '*', unpack(ARGV, 4))
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+if ARGV[3] == '1' then redis.call('XDEL', KEYS[1], ARGV[2]) end
+return 1
 """
 
 DELCONSUMER_SCRIPT = """
@@ -80,6 +83,11 @@ class StreamOps:
         self.link = link
         self.o = options
         self._group_args = ("XREADGROUP", "GROUP", options.group, options.consumer_name)
+        # The hot commands are packed by hiredis from names encoded once (half redis-py's cost).
+        stream, group = link.encode(options.stream), link.encode(options.group)
+        self._ack_prefix = (b"XACK", stream, group)
+        self._read_head = (b"XREADGROUP", b"GROUP", group, link.encode(options.consumer_name), b"COUNT")
+        self._read_tail = (b"STREAMS", stream, b">")
 
     # -- start -------------------------------------------------------------------------------
     def check_server(self) -> Optional[Tuple[str, Tuple[int, ...]]]:
@@ -114,18 +122,32 @@ class StreamOps:
     def send_read(self, batch: SettleBatch, count: int, block_ms: Optional[int]) -> int:
         """Send the batch's settle commands and a read of new entries in one write; returns
         the number of replies `finish_read` must collect."""
-        commands = self._settle_commands(batch)
-        read: List[Any] = [*self._group_args, "COUNT", count]
-        if block_ms is not None:
-            read += ["BLOCK", block_ms]
-        commands.append((*read, "STREAMS", self.o.stream, ">"))
-        self.link.send(commands)
-        return len(commands)
+        if batch.dead_letters or (batch.acks and self.o.delete_on_ack):
+            commands = self._settle_commands(batch)
+            packed = b"".join(hiredis.pack_command(tuple(c)) for c in commands)
+        else:
+            commands = [()] if batch.acks else []
+            packed = hiredis.pack_command((*self._ack_prefix, *batch.acks)) if batch.acks else b""
+        block = (b"BLOCK", block_ms) if block_ms is not None else ()
+        packed += hiredis.pack_command((*self._read_head, count, *block, *self._read_tail))
+        self.link.send(packed)
+        return len(commands) + 1
 
-    def finish_read(self, batch: SettleBatch, replies_expected: int) -> Tuple[Read, SettleResult]:
-        replies = self.link.read(replies_expected)
-        result = self._check_settle(batch, replies[:-1])
-        return self._decode(_raise_if_error(replies[-1]), 1), result
+    def finish_settle(self, batch: SettleBatch, replies_expected: int) -> SettleResult:
+        """Collect the replies of the settle commands `send_read` sent ahead of its read: they
+        come back at once, while the read itself may still be blocked on the server."""
+        replies = self.link.read(replies_expected - 1)
+        try:
+            return self._check_settle(batch, replies)
+        except RStreamError:
+            # Keep the connection in step: the read's reply is still to come (with NOGROUP the
+            # read failed too; anything it did deliver is found again by the stray check).
+            self.link.read(1)
+            raise
+
+    def finish_read(self) -> Read:
+        """Collect the reply of the read `send_read` sent."""
+        return self._decode(_raise_if_error(self.link.read(1)[0]), 1)
 
     def read_own_page(self, after: str, count: int) -> Tuple[Read, str]:
         """One page of this consumer's pending entries after `after`, with real attempts;
