@@ -158,7 +158,7 @@ cdef inline object _new_message(object entry_id, object stream, object fields, o
     _put_slot(message, _OFF_FIELDS, fields)
     _put_slot(message, _OFF_ATTEMPT, attempt)
     _put_slot(message, _OFF_METADATA, None)
-    _put_slot(message, _OFF_RETRY, False)
+    _put_slot(message, _OFF_RETRY, None)
     return message
 
 

@@ -26,7 +26,7 @@ class Message:
         self.fields = fields
         self._attempt = attempt
         self._metadata: Optional[Dict[str, Any]] = None
-        self._retry = False
+        self._retry: Optional[bool] = None  # None: the handler did not say (see settle.judge_failure)
 
     @property
     def attempt(self) -> int:
@@ -56,11 +56,17 @@ class Message:
     @property
     def retry_requested(self) -> bool:
         """True after ``configure_ack(retry=True)``."""
+        return self._retry is True
+
+    @property
+    def retry_choice(self) -> Optional[bool]:
+        """What ``configure_ack`` set: True, False, or None if it was not called."""
         return self._retry
 
     def configure_ack(self, *, retry: bool) -> None:
         """With ``retry=True`` a failed message stays pending and is delivered again later
-        (after ``metadata["retry_after"]`` if that is a unix-ms time in the future)."""
+        (after ``metadata["retry_after"]`` if that is a unix-ms time in the future); with
+        ``retry=False`` it is settled now even when ``max_attempts`` would retry it."""
         if not isinstance(retry, bool):
             raise TypeError(f"configure_ack(retry=...) takes a bool, got {retry!r}")
         self._retry = retry

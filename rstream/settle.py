@@ -10,14 +10,17 @@ from __future__ import annotations
 import dataclasses
 import enum
 import heapq
+import math
 from typing import List, Optional, Tuple
 
 from .message import Message
 
-# A failure handler that raises leaves its entry pending; it is retried after this backoff
-# (doubling per attempt) so a broken handler cannot spin on one entry.
+# A failure handler that raises (or a dead letter the server refuses) leaves its entry pending;
+# it is retried after this backoff (doubling per attempt) so nothing spins on one entry.
 BROKEN_HANDLER_RETRY_MS = 1000
 BROKEN_HANDLER_RETRY_CAP_MS = 60_000
+# The error text stored with a dead letter: enough to diagnose, never a multi-megabyte field.
+FAILURE_TEXT_LIMIT = 4096
 
 
 class Verdict(enum.Enum):
@@ -34,14 +37,44 @@ def judge_failure(message: Message, *, failure_handler_failed: bool, max_attempt
     if last and dead_letter:
         return Verdict.DEAD_LETTER, 0
     if failure_handler_failed:
-        backoff = BROKEN_HANDLER_RETRY_MS * 2 ** min(message.attempt - 1, 16)
-        return Verdict.RETRY, now_ms + min(backoff, BROKEN_HANDLER_RETRY_CAP_MS)
+        return Verdict.RETRY, backoff_due_ms(message.attempt, now_ms)
     if last:
         return Verdict.DROP, 0
-    if message.retry_requested:
-        after = message.retry_after
-        return Verdict.RETRY, int(after) if after is not None and after > now_ms else now_ms
+    # max_attempts means "try up to this many times": below it a failure is retried unless the
+    # handler said configure_ack(retry=False); without it, only an explicit retry=True retries.
+    choice = message.retry_choice
+    if choice or (choice is None and max_attempts is not None):
+        return Verdict.RETRY, retry_due_ms(message.retry_after, now_ms)
     return Verdict.ACK, 0
+
+
+def backoff_due_ms(attempt: int, now_ms: int) -> int:
+    """When to try again an entry whose settling broke (handle_failure raised, or the server
+    refused its dead letter): a delay doubling per attempt, capped, so it cannot spin."""
+    backoff = BROKEN_HANDLER_RETRY_MS << min(max(attempt, 1) - 1, 16)
+    return now_ms + min(backoff, BROKEN_HANDLER_RETRY_CAP_MS)
+
+
+def retry_due_ms(retry_after: Optional[float], now_ms: int) -> int:
+    """When a requested retry is due: `retry_after` (unix ms) if it is in the future, else now.
+    A non-finite value (inf, nan) is not a time: it must not crash the worker in `int()`."""
+    if retry_after is None or not math.isfinite(retry_after) or retry_after <= now_ms:
+        return now_ms
+    return int(retry_after)
+
+
+def failure_text(error: BaseException) -> str:
+    """``"TypeName: message"`` for the dead-letter entry, safe to send: an exception whose
+    `__str__` raises, or whose text holds lone surrogates (not UTF-8 encodable), must not make
+    the dead letter unsendable, which would hold every ack queued behind it."""
+    try:
+        detail = str(error)
+    except Exception:  # noqa: BLE001 - a broken __str__ is the user's; the type still says much
+        detail = f"<unprintable {type(error).__name__}>"
+    text = f"{type(error).__name__}: {detail}" if detail else type(error).__name__
+    if len(text) > FAILURE_TEXT_LIMIT:
+        text = text[:FAILURE_TEXT_LIMIT - 3] + "..."
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 @dataclasses.dataclass
