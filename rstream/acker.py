@@ -29,6 +29,9 @@ log = logging.getLogger("rstream")
 
 # How long an ack may wait for a read to carry it before the acker sends it itself.
 ACK_DELAY_S = 0.002
+# While the reader is busy with a flowing stream its reads carry the acks; the acker thread
+# only steps in for acks older than this (a stalled reader).
+FLOWING_ACK_DELAY_S = 0.01
 # Longest sleep of the acker thread, so it notices `stop` promptly.
 IDLE_WAIT_S = 0.1
 # Due retries found no free in-flight slot: look again after this long (or when a chunk
@@ -65,6 +68,9 @@ class Acker:
         self._oldest: Optional[float] = None
         self._retries = RetrySchedule()
         self._no_slots_until = 0.0  # monotonic; before it, due retries do not wake the thread
+        # Set by the reader while entries flow: its next read comes soon and carries the acks,
+        # so the acker thread leaves them to it for up to FLOWING_ACK_DELAY_S.
+        self.reader_flowing = False
         self._wanting_room = False  # asked the ledger to keep slots free for due retries
 
     @property
@@ -94,10 +100,16 @@ class Acker:
             self._batch.dropped += dropped
             for item in retries:
                 self._retries.add(item)
+            # Wake the acker thread only when it has something new to do: the first acks of a
+            # batch (unless the reader will carry them), a retry, a dead letter, or freed slots
+            # for a due retry. A wake per completed chunk costs a thread switch each.
+            wake = bool(retries or dead or self._no_slots_until)
             if self._oldest is None:
                 self._oldest = time.monotonic()
+                wake = wake or not self.reader_flowing
             self._no_slots_until = 0.0  # slots are about to be freed: due retries may go
-            self._cond.notify()
+            if wake:
+                self._cond.notify()
         if failures:
             self._counters.add(failed=len(failures), dropped=dropped)
         self._ledger.finish(len(ok) + len(failures))
@@ -135,6 +147,16 @@ class Acker:
             self._cond.notify()
 
     # -- the reader's road --------------------------------------------------------------------
+    def set_reader_flowing(self, flowing: bool) -> None:
+        """The reader's last read came back full (True) or short (False: its next read may
+        block, so acks waiting now are the acker thread's to send)."""
+        if flowing == self.reader_flowing:
+            return
+        with self._cond:
+            self.reader_flowing = flowing
+            if not flowing and self._oldest is not None:
+                self._cond.notify()
+
     def take_for_send(self) -> SettleBatch:
         """The acks waiting, for the reader to carry. Dead letters stay for the acker thread,
         which can tell one the server refuses from the rest (see `_send_dead_letters`)."""
@@ -219,7 +241,8 @@ class Acker:
                 now = time.monotonic()
                 waits = [IDLE_WAIT_S]
                 if self._oldest is not None:
-                    ready_at = self._oldest + ACK_DELAY_S
+                    delay = FLOWING_ACK_DELAY_S if self.reader_flowing else ACK_DELAY_S
+                    ready_at = self._oldest + delay
                     if ready_at <= now:
                         batch, self._batch, self._oldest = self._batch, SettleBatch(), None
                         return batch

@@ -9,6 +9,7 @@ timeout that fits the blocking read, and hiredis as the reply parser.
 from __future__ import annotations
 
 import socket
+import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Type, Union
 
 import redis
@@ -21,6 +22,8 @@ from .errors import ConfigError, FatalRedisError, GroupMissing, RedisUnavailable
 # Longest wait for any non-blocking reply; a black-holed server is detected after this.
 IO_TIMEOUT_S = 10.0
 CONNECT_TIMEOUT_S = 5.0
+# A link quiet for this long is checked for a server-side close before it is used again.
+STALE_AFTER_S = 0.5
 # The reader's socket buffer: large replies (COUNT 500 of big entries) in few recv calls.
 READER_READ_SIZE = 1 << 20
 # Keys of a pool's connection_kwargs that rstream sets itself.
@@ -28,8 +31,11 @@ _PINNED = ("protocol", "socket_timeout", "socket_connect_timeout", "retry", "ret
            "retry_on_timeout", "health_check_interval", "socket_read_size", "socket_keepalive")
 _FATAL_PREFIXES = ("WRONGTYPE", "NOPERM", "NOAUTH", "WRONGPASS", "ERR unknown command",
                    "ERR unknown subcommand", "NOSCRIPT", "CROSSSLOT")
+# XINFO's answer when the stream is gone: the same fault as NOGROUP, the same cure.
+_NO_SUCH_KEY = ("no such key", "ERR no such key")
+# UNBLOCKED: CLIENT UNBLOCK ... ERROR woke a blocked read; reading again is the answer.
 _TRANSIENT_PREFIXES = ("LOADING", "BUSY ", "MASTERDOWN", "READONLY", "TRYAGAIN", "CLUSTERDOWN",
-                       "MOVED", "ASK ")
+                       "MOVED", "ASK ", "UNBLOCKED")
 
 Command = Sequence[Any]
 
@@ -75,6 +81,10 @@ class ConnectionFactory:
         for key in _PINNED:
             kwargs.pop(key, None)
         self.decode_responses = bool(kwargs.get("decode_responses", False))
+        # A non-UTF-8 payload must not wedge a decode_responses consumer: it arrives as a str
+        # with surrogates (``.encode("utf-8", "surrogateescape")`` gives its bytes back).
+        if kwargs.get("encoding_errors", "strict") == "strict":
+            kwargs["encoding_errors"] = "surrogateescape"
         self._kwargs = kwargs
 
     def make(self, role: str, read_timeout_s: float = IO_TIMEOUT_S,
@@ -110,11 +120,20 @@ def _pool_for(client: Any, stream: str) -> Any:
 
 
 class Link:
-    """One connection owned by one thread. Errors come out translated to rstream's tree."""
+    """One connection owned by one thread. Errors come out translated to rstream's tree.
+
+    `ok_at` is when the request behind the last reply read was sent (monotonic): the evidence
+    `supervise.Health` needs before it calls an outage or a missing stream over. A step that
+    sent nothing proves nothing, and neither does a blocking read sent before the fault began
+    (Redis 6.2 times it out as usual when its stream is deleted meanwhile).
+    """
 
     def __init__(self, conn: redis.Connection, role: str) -> None:
         self._conn: Any = conn  # redis-py's Connection methods are untyped
         self.role = role
+        self.ok_at = 0.0
+        self._sent_at = 0.0
+        self._aborted = False
 
     def call(self, *args: Any) -> Any:
         """Send one command and return its reply (an error reply raises)."""
@@ -129,15 +148,39 @@ class Link:
         self.send(commands)
         return self.read(len(commands))
 
-    def send(self, commands: Sequence[Command]) -> None:
+    def encode(self, value: Any) -> bytes:
+        """`value` as this connection would send it (the client's encoding)."""
+        return self._conn.encoder.encode(value)  # type: ignore[no-any-return]
+
+    def send(self, commands: Union[Sequence[Command], bytes]) -> None:
+        """Send commands, or bytes already packed (the reader's hot path packs with hiredis)."""
+        if self._aborted:
+            raise RedisUnavailable(f"{self.role} connection closed by stop()")
+        now = time.monotonic()
+        if now - self.ok_at > STALE_AFTER_S:
+            self._drop_if_stale()  # a syscall: only for a link that sat idle, not per hot read
+        self._sent_at = now
         try:
-            self._conn.send_packed_command(self._conn.pack_commands(commands), check_health=False)
+            # send_packed_command iterates its argument: bytes must go in a list, not bare.
+            payload = [commands] if isinstance(commands, bytes) else self._conn.pack_commands(commands)
+            self._conn.send_packed_command(payload, check_health=False)
         except (rex.ConnectionError, rex.TimeoutError, OSError) as exc:
             self._conn.disconnect()
             raise translate(exc) from None
         except rex.RedisError as exc:  # AUTH/HELLO failures surface here on connect
             self._conn.disconnect()
             raise translate(exc) from None
+
+    def _drop_if_stale(self) -> None:
+        """Reconnect, rather than fail, when the server closed this idle connection (it was
+        restarted, or a proxy dropped us). Without this, every thread that sat out an outage
+        would fail once after it ended and report the outage again."""
+        if self._conn._sock is None:
+            return
+        try:
+            self._conn.can_read(timeout=0)  # no reply is outstanding: only EOF makes it raise
+        except (rex.ConnectionError, OSError):
+            self._conn.disconnect()
 
     def read(self, count: int) -> List[Any]:
         replies: List[Any] = []
@@ -150,16 +193,35 @@ class Link:
         except (rex.RedisError, OSError) as exc:
             self._conn.disconnect()
             raise translate(exc) from None
+        except BaseException:
+            # Anything else (a reply that does not decode) leaves the rest of the reply unread:
+            # the next command would read it as its own answer.
+            self._conn.disconnect()
+            raise
+        self.ok_at = self._sent_at
         return replies
 
     def abort(self) -> None:
-        """Wake a thread blocked on this link (from another thread): shut the socket down."""
+        """Wake a thread blocked on this link (from another thread): shut the socket down.
+        The link sends nothing afterwards; it is only closed."""
+        self._aborted = True
         sock: Optional[socket.socket] = getattr(self._conn, "_sock", None)
         if sock is not None:
             try:
                 sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+
+    def limit(self, deadline: float) -> None:
+        """No wait on this link (connect, write, read) outlasts `deadline` (monotonic) from
+        now on: at stop, a flush over a black-holed network must not hold stop() up."""
+        remaining = max(0.001, deadline - time.monotonic())
+        conn = self._conn
+        conn.socket_timeout = min(conn.socket_timeout or remaining, remaining)
+        conn.socket_connect_timeout = min(conn.socket_connect_timeout or remaining, remaining)
+        sock: Optional[socket.socket] = conn._sock
+        if sock is not None:
+            sock.settimeout(conn.socket_timeout)
 
     def close(self) -> None:
         self._conn.disconnect()
@@ -178,7 +240,7 @@ def translate(exc: BaseException) -> RStreamError:
         if "certificate verify failed" in text.lower() or "ssl" in type(exc).__name__.lower():
             return FatalRedisError(f"TLS handshake failed: {text}")
         return RedisUnavailable(text or type(exc).__name__)
-    if text.startswith("NOGROUP"):
+    if text.startswith("NOGROUP") or text in _NO_SUCH_KEY or _stream_gone_while_blocked(text):
         return GroupMissing(text)
     if text.startswith(_TRANSIENT_PREFIXES):
         return RedisUnavailable(text)
@@ -187,12 +249,18 @@ def translate(exc: BaseException) -> RStreamError:
     return RStreamError(text)
 
 
+def _stream_gone_while_blocked(text: str) -> bool:
+    # Redis 7.0 ends a blocked XREADGROUP whose stream was deleted with this error, where
+    # Redis 6.2 times the read out and Valkey answers NOGROUP.
+    return text.startswith("UNBLOCKED") and "no longer exists" in text
+
+
 def server_version(info: Any) -> Tuple[str, Tuple[int, ...]]:
     """("redis"|"valkey", version) from an INFO server reply (bulk string)."""
     text = info.decode() if isinstance(info, bytes) else str(info)
     fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
     name = "valkey" if "valkey_version" in fields or fields.get("server_name") == "valkey" else "redis"
-    raw = fields.get("redis_version", "0")
+    raw = fields.get("valkey_version") or fields.get("redis_version", "0")
     version = tuple(int(part) for part in raw.split(".") if part.isdigit())
     return name, version
 

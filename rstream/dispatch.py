@@ -20,6 +20,12 @@ Failure = Tuple[Message, BaseException]
 # carry at least that much handler work: fast handlers get whole batches, slow ones are spread
 # over all workers.
 WAKE_COST_S = 50e-6
+# An idle worker takes over the rest of a chunk whose worker has not started a message for this
+# long: one hung handler must not strand the messages queued behind it in its chunk.
+STALL_S = 0.05
+# A worker reports what it handled at least this often, so a handler that hangs later in a
+# chunk does not keep the earlier ones from being acked.
+REPORT_EVERY = 128
 # The handler's cost per message is unknown until a chunk has run: assume slow, so the first
 # batch is spread over the workers.
 INITIAL_COST_S = 1e-3
@@ -116,6 +122,19 @@ class Ledger:
             return True
 
 
+class _Chunk:
+    """Messages one worker is going through. It takes them from the left, one at a time; an idle
+    worker may take the rest from the right when the owner stops making progress (a handler that
+    hangs). deque pops are atomic, so no message is ever run twice."""
+
+    __slots__ = ("items", "seen_len", "seen_at")
+
+    def __init__(self, messages: List[Message]) -> None:
+        self.items: Deque[Message] = collections.deque(messages)
+        self.seen_len = len(messages)
+        self.seen_at = time.monotonic()
+
+
 class WorkerPool:
     """`concurrency` named threads running the user's handler over queued chunks."""
 
@@ -127,6 +146,7 @@ class WorkerPool:
         self._cond = threading.Condition()
         self._queue: Deque[List[Message]] = collections.deque()
         self._queued = 0
+        self._running: Set[_Chunk] = set()
         self._closing = False
         self._threads: List[threading.Thread] = []
         self._cost_s = INITIAL_COST_S  # moving average of handler seconds per message
@@ -156,6 +176,8 @@ class WorkerPool:
         """Drop what no worker has started (it stays pending on the server)."""
         with self._cond:
             left = [m for chunk in self._queue for m in chunk]
+            for chunk in self._running:
+                left.extend(_drain_right(chunk.items))
             self._queue.clear()
             self._queued = 0
             self._closing = True
@@ -170,22 +192,48 @@ class WorkerPool:
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
 
-    def _take(self) -> Optional[List[Message]]:
+    def _take(self) -> Optional[_Chunk]:
         with self._cond:
-            while not self._queue:
-                if self._closing:
+            while True:
+                if self._queue:
+                    return self._start(self._next_share())
+                stolen = self._steal()
+                if stolen:
+                    return self._start(stolen)
+                stranded = any(chunk.items for chunk in self._running)
+                if self._closing and not stranded:
                     return None
-                self._cond.wait()
-            share = self._share()
-            head = self._queue[0]
-            if len(head) <= share:
-                chunk = self._queue.popleft()
-            else:
-                chunk, self._queue[0] = head[:share], head[share:]
-            self._queued -= len(chunk)
-            if self._queue:
-                self._cond.notify()
-            return chunk
+                self._cond.wait(STALL_S if stranded else None)
+
+    def _next_share(self) -> List[Message]:
+        share = self._share()
+        head = self._queue[0]
+        if len(head) <= share:
+            messages = self._queue.popleft()
+        else:
+            messages, self._queue[0] = head[:share], head[share:]
+        self._queued -= len(messages)
+        if self._queue:
+            self._cond.notify()
+        return messages
+
+    def _start(self, messages: List[Message]) -> _Chunk:
+        chunk = _Chunk(messages)
+        self._running.add(chunk)
+        return chunk
+
+    def _steal(self) -> List[Message]:
+        """The rest of a chunk whose worker has not taken a message for `STALL_S`."""
+        now = time.monotonic()
+        for chunk in self._running:
+            left = len(chunk.items)
+            if left != chunk.seen_len:
+                chunk.seen_len, chunk.seen_at = left, now
+            elif left and now - chunk.seen_at >= STALL_S:
+                stolen = _drain_right(chunk.items)
+                chunk.seen_len = len(chunk.items)
+                return stolen
+        return []
 
     def _share(self) -> int:
         """How many queued messages one worker takes: an even split, or more when the handler
@@ -206,14 +254,41 @@ class WorkerPool:
             if chunk is None:
                 return
             started = clock()
+            done = 0
+            take = chunk.items.popleft
             ok: List[str] = []
             failures: List[Failure] = []
-            for message in chunk:
+            while True:
+                try:
+                    message = take()
+                except IndexError:
+                    break
                 try:
                     handler(message)
                 except BaseException as exc:  # noqa: B036 - a handler's exception is an outcome
                     failures.append((message, exc))
                 else:
                     ok.append(message.id)
-            self._cost_s = 0.8 * self._cost_s + 0.2 * (clock() - started) / len(chunk)
-            self._chunk_done(ok, failures)
+                if len(ok) + len(failures) >= REPORT_EVERY:
+                    # Report as we go: if a later handler hangs, these are acked all the same.
+                    done += len(ok) + len(failures)
+                    self._chunk_done(ok, failures)
+                    ok, failures = [], []
+            with self._cond:
+                self._running.discard(chunk)
+            done += len(ok) + len(failures)
+            if done:
+                self._cost_s = 0.8 * self._cost_s + 0.2 * (clock() - started) / done
+            if ok or failures:
+                self._chunk_done(ok, failures)
+
+
+def _drain_right(items: Deque[Message]) -> List[Message]:
+    """Pop everything from the right of a chunk being worked on from the left, in order."""
+    taken: List[Message] = []
+    while True:
+        try:
+            taken.append(items.pop())
+        except IndexError:
+            taken.reverse()
+            return taken

@@ -73,6 +73,7 @@ class Reader:
             self._ledger.admit(reserved, (), 0)
             raise
         self._flowing = len(messages) + len(deleted) >= reserved
+        self._acker.set_reader_flowing(self._flowing)
         try:
             if self._flowing:
                 # A full batch: more is waiting. Keep the server busy while we deliver this one.
