@@ -6,8 +6,9 @@ the next reply while this process decodes and dispatches), and acks ride in the 
 """
 from __future__ import annotations
 
+import collections
 import threading
-from typing import Optional, Tuple
+from typing import Deque, Optional, Tuple
 
 from .acker import Acker
 from .dispatch import Ledger
@@ -15,6 +16,10 @@ from .intake import Intake
 from .options import Options
 from .redisio import StreamOps
 from .settle import SettleBatch
+
+
+# Reads kept outstanding while entries flow (slots permitting, see max_in_flight).
+PIPELINE_DEPTH = 2
 
 
 class Reader:
@@ -29,7 +34,8 @@ class Reader:
         self.replay_done = threading.Event()
         self._after = "0"
         self._flowing = False  # the last read came back full: more entries are waiting
-        self._out: Optional[Tuple[int, SettleBatch, int]] = None  # reserved, batch, replies
+        # Reads sent and not yet collected, oldest first: (reserved, batch, replies).
+        self._out: Deque[Tuple[int, SettleBatch, int]] = collections.deque()
 
     def step(self) -> Optional[float]:
         if not self.replay_done.is_set():
@@ -53,14 +59,13 @@ class Reader:
         self._intake.deliver(reserved, messages, deleted, counter="replayed")
 
     def _read_new(self) -> None:
-        if self._out is None:
+        if not self._out:
             # After a short read this one may block: acks then stay with the acker thread
             # rather than wait up to receive_interval for this read's reply.
             self._send(self._ledger.reserve(self._o.batch_size, self._stop), carry_acks=self._flowing)
-            if self._out is None:
+            if not self._out:
                 return
-        reserved, batch, replies = self._out
-        self._out = None
+        reserved, batch, replies = self._out.popleft()
         try:
             self._acker.sent(batch, self.ops.finish_settle(batch, replies))
         except BaseException:
@@ -75,10 +80,13 @@ class Reader:
         self._flowing = len(messages) + len(deleted) >= reserved
         self._acker.set_reader_flowing(self._flowing)
         try:
-            if self._flowing:
-                # A full batch: more is waiting. Keep the server busy while we deliver this one.
-                self._send(self._ledger.reserve(self._o.batch_size, self._stop, wait_s=0),
-                           carry_acks=True)
+            # A full batch: more is waiting. Keep reads queued on the server while this one is
+            # delivered, so it never waits for this process between two replies.
+            while self._flowing and len(self._out) < PIPELINE_DEPTH:
+                granted = self._ledger.reserve(self._o.batch_size, self._stop, wait_s=0)
+                if not granted:
+                    break
+                self._send(granted, carry_acks=True)
         finally:
             self._intake.deliver(reserved, messages, deleted)
 
@@ -92,12 +100,11 @@ class Reader:
             self._ledger.admit(reserved, (), 0)
             self._acker.restore(batch)
             raise
-        self._out = (reserved, batch, replies)
+        self._out.append((reserved, batch, replies))
 
     def abandon(self) -> None:
-        """Release the reservation of a read that will never be collected (at stop)."""
-        if self._out is not None:
-            reserved, batch, _ = self._out
-            self._out = None
+        """Release the reservations of reads that will never be collected (at stop)."""
+        while self._out:
+            reserved, batch, _ = self._out.popleft()
             self._ledger.admit(reserved, (), 0)
             self._acker.restore(batch)

@@ -290,8 +290,8 @@ def test_7_a_raising_failure_handler_leaves_the_entry_pending_and_it_is_retried(
 
 def test_8_far_retries_do_not_stop_fresh_entries(
         r: redis.Redis, make_consumer: Factory, stream_names: Any) -> None:
-    """1,000 entries waiting on a retry_after an hour away (with the default max_in_flight) hold
-    no in-flight slot: fresh entries added afterwards are handled and acked."""
+    """1,000 entries waiting on a retry_after an hour away (as many as max_in_flight) hold no
+    in-flight slot: fresh entries added afterwards are handled and acked."""
     parked = _add(r, stream_names.stream, 1000, {b"kind": b"poison"})
     fresh_handled = Handled()
 
@@ -304,7 +304,7 @@ def test_8_far_retries_do_not_stop_fresh_entries(
         message.metadata["retry_after"] = time.time() * 1000 + HOUR_MS
         message.configure_ack(retry=True)
 
-    consumer = make_consumer(handle_failure=handle_failure)
+    consumer = make_consumer(handle_failure=handle_failure, max_in_flight=1000)
     assert consumer.options.in_flight_limit == 1000
     consumer.start(handle)
     wait_until(lambda: consumer.stats().waiting_retries == 1000, 30, message="not all parked")
