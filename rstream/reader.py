@@ -62,7 +62,7 @@ class Reader:
         if not self._out:
             # After a short read this one may block: acks then stay with the acker thread
             # rather than wait up to receive_interval for this read's reply.
-            self._send(self._ledger.reserve(self._o.batch_size, self._stop), carry_acks=self._flowing)
+            self._send(self._ledger.reserve(self._o.batch_size, self._stop), flowing=self._flowing)
             if not self._out:
                 return
         reserved, batch, replies = self._out.popleft()
@@ -86,16 +86,19 @@ class Reader:
                 granted = self._ledger.reserve(self._o.batch_size, self._stop, wait_s=0)
                 if not granted:
                     break
-                self._send(granted, carry_acks=True)
+                self._send(granted, flowing=True)
         finally:
             self._intake.deliver(reserved, messages, deleted)
 
-    def _send(self, reserved: int, carry_acks: bool) -> None:
+    def _send(self, reserved: int, flowing: bool) -> None:
+        """Send a read. While entries flow it carries the waiting acks and does not BLOCK: a
+        blocked read would hold up every command queued behind it on this connection. After
+        a short read it BLOCKs for new entries, and acks stay with the acker thread."""
         if not reserved:
             return
-        batch = self._acker.take_for_send() if carry_acks else SettleBatch()
+        batch = self._acker.take_for_send() if flowing else SettleBatch()
         try:
-            replies = self.ops.send_read(batch, reserved, self._o.receive_interval)
+            replies = self.ops.send_read(batch, reserved, None if flowing else self._o.receive_interval)
         except BaseException:
             self._ledger.admit(reserved, (), 0)
             self._acker.restore(batch)
