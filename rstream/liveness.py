@@ -85,7 +85,7 @@ class Reaper:
         total = 0
         start = "-"
         while not self._stop.is_set():
-            reserved = self._ledger.reserve(self._o.batch_size, self._stop)
+            reserved = self._ledger.reserve(self._o.batch_size, self._stop, first=True)
             if not reserved:
                 break
             try:

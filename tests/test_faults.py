@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional, Set
 
 import pytest
 import redis
@@ -251,9 +251,9 @@ def test_group_destroyed_stream_deleted_flushall_each_recovered_without_hot_loop
 
 
 # -- fault 5: wrong key type (auth and ACL: test_security.py) ----------------------------------
-def _no_retry_loop(r: redis.Redis) -> None:
+def _no_retry_loop(r: redis.Redis, before: Set[threading.Thread]) -> None:
     """After a fatal error nothing of the consumer is left sending commands."""
-    wait_until(lambda: not rstream_threads(), 5, message="rstream threads left running")
+    wait_until(lambda: not rstream_threads(before), 5, message="rstream threads left running")
     assert _commands_per_second(r, 1.0) < 3
 
 
@@ -261,28 +261,31 @@ def test_wrongtype_stream_key_fails_start_with_clear_error(
         redis_server: EmbeddedServer, r: redis.Redis, stream_names: Any,
         consumers: List[Consumer]) -> None:
     """A string where the stream should be: start() raises WRONGTYPE at once, no retry loop."""
+    before = set(threading.enumerate())  # other tests' threads are not ours
     r.set(stream_names.stream, b"not a stream")
     consumer = _consumer(consumers, redis_server.url, stream_names)
     with pytest.raises(FatalRedisError, match="WRONGTYPE"):
         consumer.start(Recorder())
-    _no_retry_loop(r)
+    _no_retry_loop(r, before)
 
 
 def test_wrongtype_stream_key_fails_run_with_clear_error(
         redis_server: EmbeddedServer, r: redis.Redis, stream_names: Any,
         consumers: List[Consumer]) -> None:
     """run() raises the same error rather than blocking."""
+    before = set(threading.enumerate())  # other tests' threads are not ours
     r.set(stream_names.stream, b"not a stream")
     consumer = _consumer(consumers, redis_server.url, stream_names, make_stream=False)
     with pytest.raises(RStreamError, match="WRONGTYPE"):
         consumer.run(Recorder(), stop_timeout=5)
-    _no_retry_loop(r)
+    _no_retry_loop(r, before)
 
 
 def test_stream_replaced_by_string_at_runtime_stops_run_with_clear_error(
         redis_server: EmbeddedServer, r: redis.Redis, stream_names: Any,
         consumers: List[Consumer]) -> None:
     """The key turns into a string while run() consumes: run() returns raising WRONGTYPE."""
+    before = set(threading.enumerate())  # other tests' threads are not ours
     rec = Recorder()
     consumer = _consumer(consumers, redis_server.url, stream_names, make_stream=False)
     r.xgroup_create(stream_names.stream, stream_names.group, "0", mkstream=True)
@@ -303,7 +306,7 @@ def test_stream_replaced_by_string_at_runtime_stops_run_with_clear_error(
     runner.join(15)
     assert not runner.is_alive(), "run() kept going on a key of the wrong type"
     assert raised and isinstance(raised[0], FatalRedisError) and "WRONGTYPE" in str(raised[0]), raised
-    _no_retry_loop(r)
+    _no_retry_loop(r, before)
 
 
 # -- fault 6: handlers that misbehave ----------------------------------------------------------
