@@ -124,12 +124,12 @@ class StreamOps:
         the number of replies `finish_read` must collect."""
         if batch.dead_letters or (batch.acks and self.o.delete_on_ack):
             commands = self._settle_commands(batch)
-            packed = b"".join(hiredis.pack_command(tuple(c)) for c in commands)
+            packed = b"".join(_pack(*c) for c in commands)
         else:
             commands = [()] if batch.acks else []
-            packed = hiredis.pack_command((*self._ack_prefix, *batch.acks)) if batch.acks else b""
+            packed = _pack(*self._ack_prefix, *batch.acks) if batch.acks else b""
         block = (b"BLOCK", block_ms) if block_ms is not None else ()
-        packed += hiredis.pack_command((*self._read_head, count, *block, *self._read_tail))
+        packed += _pack(*self._read_head, count, *block, *self._read_tail)
         self.link.send(packed)
         return len(commands) + 1
 
@@ -254,6 +254,11 @@ class StreamOps:
         reply = self.link.call("EVAL", DELCONSUMER_SCRIPT, 1, self.o.stream, self.o.group,
                                consumer, min_idle_ms)
         return int(reply) == 1
+
+
+def _pack(*args: Any) -> bytes:
+    """One command in RESP, packed by hiredis in C."""
+    return hiredis.pack_command(args)  # type: ignore[arg-type]
 
 
 def _raise_if_error(reply: Any) -> Any:
