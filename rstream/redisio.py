@@ -258,7 +258,8 @@ class StreamOps:
 
 def _pack(*args: Any) -> bytes:
     """One command in RESP, packed by hiredis in C."""
-    return hiredis.pack_command(args)  # type: ignore[arg-type]
+    packed: bytes = hiredis.pack_command(args)
+    return packed
 
 
 def _raise_if_error(reply: Any) -> Any:
