@@ -10,12 +10,13 @@ import dataclasses
 import signal
 import subprocess
 from pathlib import Path
-from typing import Any, Callable, Iterator, List, Union
+from typing import Any, Callable, Dict, Iterator, List, Union
 
 import pytest
 import redis
 
 from helpers import SpawnedProcess, spawn_consumer, unique_name
+import rstream
 from rstream.embedded import EmbeddedServer, find_server_binary, server_version
 
 
@@ -105,3 +106,31 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., SpawnedProcess]]:
             pass
     for child in children:
         print(f"--- child {child.args[1:3]} exit {child.returncode} ---\n{child.output()[-4000:]}")
+
+
+@pytest.fixture
+def consumer_defaults() -> Dict[str, Any]:
+    """Options every consumer `make_consumer` builds gets; a test module overrides this fixture
+    to change them. Short intervals keep the suite fast; make_stream lets tests add entries
+    after start() while the group is created at "$"."""
+    return dict(receive_interval=100, heartbeat_interval=100, make_stream=True)
+
+
+@pytest.fixture
+def make_consumer(redis_url: str, stream_names: StreamNames,
+                  consumer_defaults: Dict[str, Any]) -> Iterator[Callable[..., rstream.Consumer]]:
+    """Consumers on this test's server and names; stopped at teardown."""
+    made: List[rstream.Consumer] = []
+
+    def make(**overrides: Any) -> rstream.Consumer:
+        kwargs: Dict[str, Any] = dict(redis=redis_url, stream=stream_names.stream,
+                                      group=stream_names.group,
+                                      consumer_name=stream_names.consumer, **consumer_defaults)
+        kwargs.update(overrides)
+        consumer = rstream.Consumer(**kwargs)
+        made.append(consumer)
+        return consumer
+
+    yield make
+    for consumer in made:
+        consumer.stop(timeout=5)

@@ -13,7 +13,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Sequence, TypeVar, Union
+from typing import Any, Callable, List, Mapping, Optional, Sequence, TypeVar, Union
 
 T = TypeVar("T")
 
@@ -90,3 +90,11 @@ def spawn_consumer(
         log_path = Path(name)
     program = [str(source)] if isinstance(source, Path) else ["-c", source]
     return SpawnedProcess([sys.executable, *program, *args], log_path, env=child_env, **popen_kwargs)
+
+
+def add_entries(r: Any, stream: str, count: int, fields: Optional[Mapping[bytes, bytes]] = None) -> List[str]:
+    """XADD `count` entries (fields {b"n": index} unless given) in one pipeline; their ids."""
+    pipe = r.pipeline(transaction=False)
+    for n in range(count):
+        pipe.xadd(stream, dict(fields) if fields else {b"n": str(n).encode()})
+    return [i.decode() for i in pipe.execute()]

@@ -11,12 +11,10 @@ import pytest
 import redis
 
 import rstream
-from helpers import wait_until
+from helpers import add_entries, wait_until
 from rstream.embedded import EmbeddedServer
 
 FAST = dict(receive_interval=100, heartbeat_interval=100)
-# Most tests add entries after start(): the stream must exist when the group is created at "$".
-DEFAULTS = dict(FAST, make_stream=True)
 Factory = Callable[..., rstream.Consumer]
 
 
@@ -46,35 +44,12 @@ class Recorder:
             return list(self.messages)
 
 
-@pytest.fixture
-def make_consumer(redis_url: str, stream_names: Any) -> Iterator[Factory]:
-    """Consumers on this test's server and names, with short intervals; stopped at teardown."""
-    made: List[rstream.Consumer] = []
-
-    def make(**overrides: Any) -> rstream.Consumer:
-        kwargs: Dict[str, Any] = dict(redis=redis_url, stream=stream_names.stream,
-                                      group=stream_names.group,
-                                      consumer_name=stream_names.consumer, **DEFAULTS)
-        kwargs.update(overrides)
-        consumer = rstream.Consumer(**kwargs)
-        made.append(consumer)
-        return consumer
-
-    yield make
-    for consumer in made:
-        consumer.stop(timeout=5)
 
 
 def _pending_of(r: redis.Redis, stream: str, group: str, consumer: str) -> List[str]:
     entries = r.xpending_range(stream, group, "-", "+", 100_000, consumername=consumer)
     return [e["message_id"].decode() for e in entries]
 
-
-def _add(r: redis.Redis, stream: str, count: int) -> List[str]:
-    pipe = r.pipeline(transaction=False)
-    for n in range(count):
-        pipe.xadd(stream, {b"n": str(n).encode()})
-    return [i.decode() for i in pipe.execute()]
 
 
 def test_message_shape(r: redis.Redis, make_consumer: Factory, stream_names: Any) -> None:
@@ -95,7 +70,7 @@ def test_message_shape(r: redis.Redis, make_consumer: Factory, stream_names: Any
 def test_thousand_entries_are_each_handled_once(r: redis.Redis, make_consumer: Factory,
                                                 stream_names: Any) -> None:
     """A backlog of 1,000 entries is handled completely, every entry exactly once."""
-    ids = _add(r, stream_names.stream, 1000)
+    ids = add_entries(r, stream_names.stream, 1000)
     recorder = Recorder()
     consumer = make_consumer(group_start_id="0", batch_size=100)
     consumer.start(recorder)
@@ -114,7 +89,7 @@ def test_handled_entries_are_acked_not_deleted(r: redis.Redis, make_consumer: Fa
     recorder = Recorder()
     consumer = make_consumer()
     consumer.start(recorder)
-    _add(r, stream_names.stream, 5)
+    add_entries(r, stream_names.stream, 5)
     recorder.wait_for(5)
     wait_until(lambda: not _pending_of(r, stream_names.stream, stream_names.group,
                                        stream_names.consumer), 10, message="entries still pending")
@@ -129,7 +104,7 @@ def test_delete_on_ack_removes_entries(r: redis.Redis, make_consumer: Factory,
     """With delete_on_ack the acked entries are gone from the pending list and from the stream."""
     recorder = Recorder()
     make_consumer(delete_on_ack=True).start(recorder)
-    _add(r, stream_names.stream, 5)
+    add_entries(r, stream_names.stream, 5)
     recorder.wait_for(5)
     wait_until(lambda: r.xlen(stream_names.stream) == 0, 10, message="entries not deleted")
     assert r.xpending(stream_names.stream, stream_names.group)["pending"] == 0
@@ -138,10 +113,10 @@ def test_delete_on_ack_removes_entries(r: redis.Redis, make_consumer: Factory,
 def test_group_start_dollar_skips_older_entries(r: redis.Redis, make_consumer: Factory,
                                                 stream_names: Any) -> None:
     """group_start_id='$' delivers only entries added after the group was created."""
-    _add(r, stream_names.stream, 3)
+    add_entries(r, stream_names.stream, 3)
     recorder = Recorder()
     make_consumer(group_start_id="$").start(recorder)
-    [new] = _add(r, stream_names.stream, 1)
+    [new] = add_entries(r, stream_names.stream, 1)
     recorder.wait_for(1)
     # Reads are in id order: an older entry, had it been delivered, would have come first.
     assert recorder.ids == [new]
@@ -150,7 +125,7 @@ def test_group_start_dollar_skips_older_entries(r: redis.Redis, make_consumer: F
 def test_group_start_zero_delivers_older_entries(r: redis.Redis, make_consumer: Factory,
                                                  stream_names: Any) -> None:
     """group_start_id='0' delivers the entries already in the stream."""
-    old = _add(r, stream_names.stream, 3)
+    old = add_entries(r, stream_names.stream, 3)
     recorder = Recorder()
     make_consumer(group_start_id="0").start(recorder)
     recorder.wait_for(3)
@@ -159,7 +134,7 @@ def test_group_start_zero_delivers_older_entries(r: redis.Redis, make_consumer: 
 
 def test_existing_group_is_kept(r: redis.Redis, make_consumer: Factory, stream_names: Any) -> None:
     """A group that exists already (BUSYGROUP) is used as it is, from its own last id."""
-    old = _add(r, stream_names.stream, 2)
+    old = add_entries(r, stream_names.stream, 2)
     r.xgroup_create(stream_names.stream, stream_names.group, id=old[0])
     recorder = Recorder()
     make_consumer(group_start_id="0").start(recorder)
@@ -175,7 +150,7 @@ def test_make_stream_creates_a_missing_stream(r: redis.Redis, make_consumer: Fac
     assert r.exists(stream_names.stream) == 1
     groups = r.xinfo_groups(stream_names.stream)
     assert [g["name"].decode() for g in groups] == [stream_names.group]
-    [new] = _add(r, stream_names.stream, 1)
+    [new] = add_entries(r, stream_names.stream, 1)
     assert [m.id for m in recorder.wait_for(1)] == [new]
 
 
@@ -186,9 +161,9 @@ def test_missing_stream_without_make_stream_waits_for_it(r: redis.Redis, make_co
     consumer = make_consumer(make_stream=False, group_start_id="0")
     consumer.start(recorder)
     assert r.exists(stream_names.stream) == 0
-    first = _add(r, stream_names.stream, 2)
+    first = add_entries(r, stream_names.stream, 2)
     recorder.wait_for(2, timeout=30)
-    later = _add(r, stream_names.stream, 1)
+    later = add_entries(r, stream_names.stream, 1)
     recorder.wait_for(3)
     assert recorder.ids == first + later
     assert consumer.error is None
@@ -229,7 +204,7 @@ def test_concurrency_runs_handlers_at_the_same_time(warmup: int, r: redis.Redis,
             pipe.xadd(stream_names.stream, {b"fast": b"1"})
         pipe.execute()
         recorder.wait_for(warmup)
-    _add(r, stream_names.stream, 8)
+    add_entries(r, stream_names.stream, 8)
     recorder.wait_for(warmup + 8, timeout=25)
     assert len(passed) == 8, "the barrier broke: fewer than 8 handlers ran at once"
     assert peak[0] == 8
@@ -239,7 +214,7 @@ def test_in_flight_never_exceeds_max_in_flight(r: redis.Redis, make_consumer: Fa
                                                stream_names: Any) -> None:
     """With a slow handler and a 10,000-entry backlog, stats().in_flight stays <= max_in_flight."""
     limit = 100
-    _add(r, stream_names.stream, 10_000)
+    add_entries(r, stream_names.stream, 10_000)
     samples: List[int] = []
     slow = threading.Event()   # never set: each handler waits its full 2 ms
     consumer = make_consumer(group_start_id="0", batch_size=40, max_in_flight=limit, concurrency=4)
@@ -345,7 +320,7 @@ def test_redis_option_forms_all_consume(form: str, redis_server: EmbeddedServer,
     recorder = Recorder()
     consumer = make_consumer(redis=option)
     consumer.start(recorder)
-    [new] = _add(r, stream_names.stream, 1)
+    [new] = add_entries(r, stream_names.stream, 1)
     assert [(m.id, m.fields) for m in recorder.wait_for(1)] == [(new, {b"n": b"0"})]
     wait_until(lambda: consumer.stats().acked == 1, 10, message="not acked")
 
@@ -368,7 +343,7 @@ def test_blocking_read_longer_than_user_socket_timeout(redis_server: EmbeddedSer
     threading.Event().wait(2.6)
     assert consumer.stats().outages == 0
     assert set(blocked) <= {int(c["id"]) for c in r.client_list()}, "the reader reconnected"
-    [new] = _add(r, stream_names.stream, 1)
+    [new] = add_entries(r, stream_names.stream, 1)
     assert recorder.wait_for(1)[0].id == new
     assert consumer.stats().outages == 0
 
@@ -382,7 +357,7 @@ def test_resp3_user_client_works(decode: bool, redis_server: EmbeddedServer, r: 
     recorder = Recorder()
     consumer = make_consumer(redis=client)
     consumer.start(recorder)
-    [new] = _add(r, stream_names.stream, 1)
+    [new] = add_entries(r, stream_names.stream, 1)
     [message] = recorder.wait_for(1)
     assert message.id == new
     assert message.fields == ({"n": "0"} if decode else {b"n": b"0"})

@@ -13,9 +13,8 @@ import pytest
 import redis
 
 import rstream
-from helpers import SpawnedProcess, wait_until
+from helpers import SpawnedProcess, add_entries, wait_until
 
-FAST = dict(receive_interval=100, heartbeat_interval=100, make_stream=True)
 Factory = Callable[..., rstream.Consumer]
 
 # A consumer process. argv: url stream group name mode out [marker]
@@ -60,30 +59,7 @@ def child_script(tmp_path: Path) -> Path:
     return path
 
 
-@pytest.fixture
-def make_consumer(redis_url: str, stream_names: Any) -> Iterator[Factory]:
-    """Consumers on this test's server and names, with short intervals; stopped at teardown."""
-    made: List[rstream.Consumer] = []
 
-    def make(**overrides: Any) -> rstream.Consumer:
-        kwargs: Dict[str, Any] = dict(redis=redis_url, stream=stream_names.stream,
-                                      group=stream_names.group,
-                                      consumer_name=stream_names.consumer, **FAST)
-        kwargs.update(overrides)
-        consumer = rstream.Consumer(**kwargs)
-        made.append(consumer)
-        return consumer
-
-    yield make
-    for consumer in made:
-        consumer.stop(timeout=5)
-
-
-def _add(r: redis.Redis, stream: str, count: int) -> List[str]:
-    pipe = r.pipeline(transaction=False)
-    for n in range(count):
-        pipe.xadd(stream, {b"n": str(n).encode()})
-    return [i.decode() for i in pipe.execute()]
 
 
 def _pending_of(r: redis.Redis, stream: str, group: str, consumer: str = "") -> List[str]:
@@ -117,7 +93,7 @@ def test_restart_under_same_name_replays_own_pending(
     marker, out = tmp_path / "marker", tmp_path / "handled"
     first = spawn(child_script, redis_url, s, g, name, "block", str(marker), "0")
     wait_until(lambda: "ready" in first.output(), 20, message="first child did not start")
-    ids = _add(r, s, 5)
+    ids = add_entries(r, s, 5)
     wait_until(lambda: len(_lines(marker)) == 4, 20, message="first child's handlers did not block")
     wait_until(lambda: sorted(_pending_of(r, s, g, name)) == sorted(ids), 10,
                message="the 5 entries are not pending for the first child")
@@ -146,7 +122,7 @@ def test_sigterm_makes_run_drain_and_exit_zero(
     out = tmp_path / "handled"
     child = spawn(child_script, redis_url, s, g, name, "record", str(out), "20")
     wait_until(lambda: "ready" in child.output(), 20, message="child did not start")
-    _add(r, s, 400)
+    add_entries(r, s, 400)
     # SIGTERM while handlers are busy and more entries wait in the stream.
     wait_until(lambda: len(_records(out)) >= 20, 30, message="child handled nothing")
     child.send_signal(signal.SIGTERM)
@@ -171,7 +147,7 @@ def test_stop_lets_running_handlers_finish_and_acks_them(
 
     consumer = make_consumer(concurrency=4)
     consumer.start(handle)
-    ids = _add(r, stream_names.stream, 3)
+    ids = add_entries(r, stream_names.stream, 3)
     for _ in ids:
         assert started.acquire(timeout=20), "handlers did not start"
     # Released only after stop() began: a stop() that does not wait returns with nothing finished.
@@ -258,7 +234,7 @@ def test_stop_called_from_a_handler(how: str, r: redis.Redis, make_consumer: Fac
         runner = threading.Thread(target=consumer.run, args=(handle,), name="test-run")
         runner.start()
         wait_until(lambda: len(r.client_list()) > 1, 10, message="consumer never connected")
-    _add(r, stream_names.stream, 3)
+    add_entries(r, stream_names.stream, 3)
     # Well below the 20 s a stop() waiting on its own handler would take.
     assert returned.wait(10), "stop() inside the handler did not return"
     assert errors == []
@@ -279,7 +255,7 @@ def test_start_returns_at_once_with_named_threads(r: redis.Redis, make_consumer:
     names = {t.name for t in threading.enumerate()}
     assert {"rstream-reader", "rstream-acker", "rstream-heartbeat", "rstream-reaper"} <= names
     assert any(n.startswith("rstream-worker-") for n in names)
-    _add(r, stream_names.stream, 1)
+    add_entries(r, stream_names.stream, 1)
     assert got.wait(20)
 
 
@@ -309,7 +285,7 @@ def test_context_manager_stops_and_closes_connections(
     with make_consumer() as consumer:
         consumer.start(lambda m: got.set())
         wait_until(lambda: len(r.client_list()) > 1, 10, message="consumer never connected")
-        _add(r, stream_names.stream, 1)
+        add_entries(r, stream_names.stream, 1)
         assert got.wait(20)
     assert _pending_of(r, stream_names.stream, stream_names.group) == []
     wait_until(lambda: [int(c["id"]) for c in r.client_list()] == [my_id], 10,
@@ -327,7 +303,7 @@ def test_stats_count_what_happened(r: redis.Redis, make_consumer: Factory,
     before = consumer.stats()
     assert (before.delivered, before.acked, before.in_flight) == (0, 0, 0)
     consumer.start(handle)
-    _add(r, stream_names.stream, 10)
+    add_entries(r, stream_names.stream, 10)
     wait_until(lambda: consumer.stats().acked == 10, 20, message="not all settled")
     stats = consumer.stats()
     assert (stats.delivered, stats.acked, stats.failed, stats.in_flight) == (10, 10, 1, 0)

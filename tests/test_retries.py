@@ -17,7 +17,7 @@ import pytest
 import redis
 
 import rstream
-from helpers import SpawnedProcess, wait_until
+from helpers import SpawnedProcess, add_entries, wait_until
 
 FAST = dict(receive_interval=100, heartbeat_interval=100, group_start_id="0", make_stream=True)
 Factory = Callable[..., rstream.Consumer]
@@ -51,30 +51,13 @@ class Handled:
             return len(self.calls)
 
 
+
+
 @pytest.fixture
-def make_consumer(redis_url: str, stream_names: Any) -> Iterator[Factory]:
-    """Consumers on this test's server and names, with short intervals; stopped at teardown."""
-    made: List[rstream.Consumer] = []
+def consumer_defaults() -> Dict[str, Any]:
+    """Retry tests read the entries they add before start(): the group starts at "0"."""
+    return dict(FAST)
 
-    def make(**overrides: Any) -> rstream.Consumer:
-        kwargs: Dict[str, Any] = dict(redis=redis_url, stream=stream_names.stream,
-                                      group=stream_names.group, consumer_name=stream_names.consumer,
-                                      **FAST)
-        kwargs.update(overrides)
-        consumer = rstream.Consumer(**kwargs)
-        made.append(consumer)
-        return consumer
-
-    yield make
-    for consumer in made:
-        consumer.stop(timeout=5)
-
-
-def _add(r: redis.Redis, stream: str, count: int, fields: Optional[Dict[bytes, bytes]] = None) -> List[str]:
-    pipe = r.pipeline(transaction=False)
-    for n in range(count):
-        pipe.xadd(stream, fields or {b"n": str(n).encode()})
-    return [i.decode() for i in pipe.execute()]
 
 
 def _pending(r: redis.Redis, names: Any) -> int:
@@ -108,7 +91,7 @@ def test_1_a_failed_message_is_acked_and_counted_by_default(
     """No handle_failure: a handler that raises gets its entry acked (the seed's default), counted
     in stats().failed, and the failure is logged with the entry id."""
     caplog.set_level(logging.WARNING, logger="rstream")
-    [entry_id] = _add(r, stream_names.stream, 1)
+    [entry_id] = add_entries(r, stream_names.stream, 1)
     handled = Handled()
     consumer = make_consumer()
     consumer.start(_failing(handled))
@@ -123,7 +106,7 @@ def test_2_retry_while_attempt_below_two_handles_each_entry_twice(
         r: redis.Redis, make_consumer: Factory, stream_names: Any) -> None:
     """The seed's test: retry while attempt < 2; each of 5 entries is handled exactly twice
     (attempts 1 then 2) and the pending list ends empty."""
-    ids = _add(r, stream_names.stream, 5)
+    ids = add_entries(r, stream_names.stream, 5)
     handled = Handled()
 
     def handle_failure(message: rstream.Message, error: BaseException) -> None:
@@ -141,7 +124,7 @@ def test_2_retry_while_attempt_below_two_handles_each_entry_twice(
 def test_3_a_retry_that_succeeds_is_acked_once(
         r: redis.Redis, make_consumer: Factory, stream_names: Any) -> None:
     """Fail on attempt 1, succeed on attempt 2: one ack, one failure, one retry, nothing pending."""
-    [entry_id] = _add(r, stream_names.stream, 1)
+    [entry_id] = add_entries(r, stream_names.stream, 1)
     handled = Handled()
 
     def handle(message: rstream.Message) -> None:
@@ -161,7 +144,7 @@ def test_4_retry_after_delays_the_retry_by_500_ms(
         r: redis.Redis, make_consumer: Factory, stream_names: Any) -> None:
     """The seed's test: retry_after = now + 500 ms; the retry is not delivered in the 400 ms after
     the failure and is delivered within the 600 ms after that; retry_after is gone on attempt 2."""
-    [entry_id] = _add(r, stream_names.stream, 1)
+    [entry_id] = add_entries(r, stream_names.stream, 1)
     handled = Handled()
     failed_at: List[float] = []
 
@@ -206,7 +189,7 @@ def test_5_attempt_survives_sigkill_and_restart(
         spawn: Callable[..., SpawnedProcess]) -> None:
     """Retried twice in a child process, SIGKILLed, restarted under the same name: the next
     delivery has attempt 4 (the server's delivery count), not 1."""
-    [entry_id] = _add(r, stream_names.stream, 1)
+    [entry_id] = add_entries(r, stream_names.stream, 1)
     child = spawn(CHILD, redis_url, stream_names.stream, stream_names.group, stream_names.consumer)
     wait_until(lambda: f"parked {entry_id} 3" in child.output() or child.poll() is not None, 30,
                message="the child did not fail the entry 3 times")
@@ -228,7 +211,7 @@ def test_6_max_attempts_moves_a_poison_entry_to_the_dead_letter_stream(
     """max_attempts=3 with a dead-letter stream and no handle_failure: retried by default, handled
     3 times, then exactly one dead-letter entry with the fields, origin, attempt and error;
     nothing pending; the source entry stays."""
-    [entry_id] = _add(r, stream_names.stream, 1, {b"order": b"42"})
+    [entry_id] = add_entries(r, stream_names.stream, 1, {b"order": b"42"})
     handled = Handled()
     consumer = make_consumer(max_attempts=3, dead_letter_stream=stream_names.dead_letter)
     consumer.start(_failing(handled))
@@ -248,7 +231,7 @@ def test_6_max_attempts_moves_a_poison_entry_to_the_dead_letter_stream(
 def test_retry_false_under_max_attempts_settles_at_once(
         r: redis.Redis, make_consumer: Factory, stream_names: Any) -> None:
     """configure_ack(retry=False) opts out of max_attempts' default retries: acked after one try."""
-    [entry_id] = _add(r, stream_names.stream, 1)
+    [entry_id] = add_entries(r, stream_names.stream, 1)
     handled = Handled()
 
     def give_up(message: rstream.Message, error: BaseException) -> None:
@@ -267,7 +250,7 @@ def test_7_a_raising_failure_handler_leaves_the_entry_pending_and_it_is_retried(
     """handle_failure raises: logged with the entry id, the entry stays pending (not acked, not
     dropped) and comes back as a retry with attempt 2, which then succeeds."""
     caplog.set_level(logging.ERROR, logger="rstream")
-    [entry_id] = _add(r, stream_names.stream, 1)
+    [entry_id] = add_entries(r, stream_names.stream, 1)
     handled = Handled()
 
     def handle(message: rstream.Message) -> None:
@@ -292,7 +275,7 @@ def test_8_far_retries_do_not_stop_fresh_entries(
         r: redis.Redis, make_consumer: Factory, stream_names: Any) -> None:
     """1,000 entries waiting on a retry_after an hour away (as many as max_in_flight) hold no
     in-flight slot: fresh entries added afterwards are handled and acked."""
-    parked = _add(r, stream_names.stream, 1000, {b"kind": b"poison"})
+    parked = add_entries(r, stream_names.stream, 1000, {b"kind": b"poison"})
     fresh_handled = Handled()
 
     def handle(message: rstream.Message) -> None:
@@ -308,7 +291,7 @@ def test_8_far_retries_do_not_stop_fresh_entries(
     assert consumer.options.in_flight_limit == 1000
     consumer.start(handle)
     wait_until(lambda: consumer.stats().waiting_retries == 1000, 30, message="not all parked")
-    fresh = _add(r, stream_names.stream, 50, {b"kind": b"fresh"})
+    fresh = add_entries(r, stream_names.stream, 50, {b"kind": b"fresh"})
     wait_until(lambda: fresh_handled.count() >= 50, 20, message="fresh entries were not handled")
     wait_until(lambda: consumer.stats().acked == 50 and consumer.stats().in_flight == 0, 10,
                message="fresh entries not acked")
@@ -322,7 +305,7 @@ def test_a_due_retry_with_no_free_slot_does_not_spin(
         r: redis.Redis, make_consumer: Factory, stream_names: Any) -> None:
     """While every in-flight slot is held by a slow handler, a due retry waits for a slot without
     busy-looping the acker thread (counted as ledger reservations), and goes once one is free."""
-    poison, slow_a, slow_b = (_add(r, stream_names.stream, 1, {b"kind": kind})[0]
+    poison, slow_a, slow_b = (add_entries(r, stream_names.stream, 1, {b"kind": kind})[0]
                               for kind in (b"poison", b"slow", b"slow"))
     release = threading.Event()
     slow_started = Handled()
@@ -362,7 +345,7 @@ def test_a_due_retry_is_not_starved_by_an_idle_reader(
     """batch_size == max_in_flight == 1 on an idle stream: the reader's blocking reads take the
     only slot again and again (retry_after makes sure one holds it when the retry falls due);
     the due retry still gets the slot, and reads resume after it."""
-    [entry_id] = _add(r, stream_names.stream, 1)
+    [entry_id] = add_entries(r, stream_names.stream, 1)
     handled = Handled()
 
     def handle(message: rstream.Message) -> None:
@@ -378,7 +361,7 @@ def test_a_due_retry_is_not_starved_by_an_idle_reader(
     consumer.start(handle)
     _wait_settled(consumer, r, stream_names, acked=1)
     assert handled.attempts() == {entry_id: [1, 2]}
-    fresh = _add(r, stream_names.stream, 1)
+    fresh = add_entries(r, stream_names.stream, 1)
     wait_until(lambda: consumer.stats().acked == 2, 10, message="reads did not resume after the retry")
     assert handled.attempts()[fresh[0]] == [1]
 
@@ -387,7 +370,7 @@ def test_a_dead_consumers_entry_is_claimed_when_reads_could_take_every_slot(
         r: redis.Redis, make_consumer: Factory, stream_names: Any) -> None:
     """The same starvation for claims (same ledger rule): with batch_size == max_in_flight == 1 on
     an idle stream, the reaper still gets the slot and claims a dead consumer's entry."""
-    [entry_id] = _add(r, stream_names.stream, 1)
+    [entry_id] = add_entries(r, stream_names.stream, 1)
     r.xgroup_create(stream_names.stream, stream_names.group, id="0")
     r.xreadgroup(stream_names.group, "gone", {stream_names.stream: ">"}, count=1)
     handled = Handled()
@@ -403,7 +386,7 @@ def test_max_attempts_without_dead_letter_stream_drops_with_a_warning(
     """max_attempts=2, no dead-letter stream, retry always asked: handled twice (handle_failure
     runs on the last attempt too), then acked, counted as dropped and logged at WARNING."""
     caplog.set_level(logging.WARNING, logger="rstream")
-    [entry_id] = _add(r, stream_names.stream, 1)
+    [entry_id] = add_entries(r, stream_names.stream, 1)
     handled = Handled()
     failure_calls: List[int] = []
 
@@ -425,7 +408,7 @@ def test_a_delayed_retry_on_the_last_attempt_is_dead_lettered_at_once(
         r: redis.Redis, make_consumer: Factory, stream_names: Any) -> None:
     """On the last allowed attempt, a retry with a far retry_after does not keep the entry alive:
     it is dead-lettered now, not parked for an hour."""
-    [entry_id] = _add(r, stream_names.stream, 1)
+    [entry_id] = add_entries(r, stream_names.stream, 1)
     handled = Handled()
 
     def handle_failure(message: rstream.Message, error: BaseException) -> None:
@@ -446,7 +429,7 @@ def test_delete_on_ack_with_dead_lettering(
         r: redis.Redis, make_consumer: Factory, stream_names: Any) -> None:
     """delete_on_ack: the dead-lettered entry is deleted from the source stream (with its ack),
     a successful one too, and the dead-letter stream keeps the failed entry's fields."""
-    ok_id, bad_id = (_add(r, stream_names.stream, 1, {b"kind": kind})[0] for kind in (b"ok", b"bad"))
+    ok_id, bad_id = (add_entries(r, stream_names.stream, 1, {b"kind": kind})[0] for kind in (b"ok", b"bad"))
 
     def handle(message: rstream.Message) -> None:
         if message.fields[b"kind"] == b"bad":
@@ -468,7 +451,7 @@ def test_non_utf8_fields_survive_dead_lettering(
     """Binary field names and values (non-UTF-8, NUL, empty) reach the dead-letter stream byte
     for byte, next to an error text that itself held undecodable bytes."""
     payload = {b"\xff\xfe key": b"\x00\x80\xc3(binary", b"empty": b"", "caf\u00e9".encode(): b"\xe9t\xe9"}
-    [entry_id] = _add(r, stream_names.stream, 1, payload)
+    [entry_id] = add_entries(r, stream_names.stream, 1, payload)
 
     def handle(message: rstream.Message) -> None:
         raise Poison(message.fields[b"\xff\xfe key"].decode("utf-8", "surrogateescape"))
@@ -487,7 +470,7 @@ def test_a_dead_letter_the_server_refuses_stays_pending_and_blocks_nothing(
     """An entry with more fields than a script call can take cannot be dead-lettered: it is logged,
     stays pending (never acked without its dead letter) and later entries are still acked."""
     caplog.set_level(logging.ERROR, logger="rstream")
-    [wide] = _add(r, stream_names.stream, 1, {b"f%d" % n: b"v" for n in range(5000)})
+    [wide] = add_entries(r, stream_names.stream, 1, {b"f%d" % n: b"v" for n in range(5000)})
 
     def handle(message: rstream.Message) -> None:
         if len(message.fields) > 1:
@@ -497,7 +480,7 @@ def test_a_dead_letter_the_server_refuses_stays_pending_and_blocks_nothing(
     consumer.start(handle)
     wait_until(lambda: any(wide in rec.getMessage() and "dead-letter" in rec.getMessage()
                            for rec in caplog.records), 10, message="the refusal was not logged")
-    fresh = _add(r, stream_names.stream, 3)
+    fresh = add_entries(r, stream_names.stream, 3)
     wait_until(lambda: consumer.stats().acked == 3, 10, message="entries after the refused one not acked")
     pending = r.xpending_range(stream_names.stream, stream_names.group, "-", "+", 10)
     assert [p["message_id"].decode() for p in pending] == [wide]
@@ -508,7 +491,7 @@ def test_a_failure_handler_raising_base_exception_keeps_the_worker(
         r: redis.Redis, make_consumer: Factory, stream_names: Any) -> None:
     """handle_failure raising SystemExit neither kills the only worker nor leaks its slot: the
     entry stays pending and is retried, and the next entry is handled."""
-    first, second = _add(r, stream_names.stream, 2)
+    first, second = add_entries(r, stream_names.stream, 2)
     handled = Handled()
 
     def handle(message: rstream.Message) -> None:
@@ -528,7 +511,7 @@ def test_a_failure_handler_raising_base_exception_keeps_the_worker(
 def test_dead_lettering_with_a_str_client(
         redis_server: Any, r: redis.Redis, make_consumer: Factory, stream_names: Any) -> None:
     """With decode_responses=True the fields are str and dead-lettering still copies them whole."""
-    [entry_id] = _add(r, stream_names.stream, 1, {b"name": "z\u00fcrich".encode()})
+    [entry_id] = add_entries(r, stream_names.stream, 1, {b"name": "z\u00fcrich".encode()})
     seen: List[Dict[Any, Any]] = []
 
     def handle(message: rstream.Message) -> None:
