@@ -9,6 +9,8 @@ from collections.abc import Mapping
 
 cimport cython
 
+from gc import disable as _gc_disable, enable as _gc_enable, isenabled as _gc_isenabled
+
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.dict cimport PyDict_Copy, PyDict_GetItemWithError, PyDict_SetItem
 from cpython.list cimport PyList_GET_SIZE
@@ -202,8 +204,20 @@ def decode_entries(entries, stream, attempt):
     if entries is None:
         return messages, deleted
     if type(entries) is list:
-        for entry in <list>entries:
-            _decode_entry(entry, stream, attempt, attempts, messages, deleted)
+        # A batch allocates two GC objects per entry (its Message and fields dict), all alive
+        # until handled: young-generation collections they trigger mid-batch only scan them in
+        # vain (40% of this loop). The GIL is held throughout (a list of builtin-typed entries,
+        # a dict of attempts: no Python code runs), so no other thread sees the collector
+        # paused; the allocation count carries over, and one collection follows the batch.
+        paused = (attempts is None or type(attempts) is dict) and _gc_isenabled()
+        if paused:
+            _gc_disable()
+        try:
+            for entry in <list>entries:
+                _decode_entry(entry, stream, attempt, attempts, messages, deleted)
+        finally:
+            if paused:
+                _gc_enable()
     else:
         for entry in entries:
             _decode_entry(entry, stream, attempt, attempts, messages, deleted)
