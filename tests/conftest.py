@@ -134,3 +134,13 @@ def make_consumer(redis_url: str, stream_names: StreamNames,
     yield make
     for consumer in made:
         consumer.stop(timeout=5)
+
+
+@pytest.fixture
+def consumers() -> Iterator[List[rstream.Consumer]]:
+    """Consumers a test makes (see faultkit.new_consumer); stopped at teardown even when the
+    test fails."""
+    made: List[rstream.Consumer] = []
+    yield made
+    for consumer in made:
+        consumer.stop(5.0)

@@ -4,11 +4,11 @@ from __future__ import annotations
 import collections
 import logging
 import threading
-from typing import Callable, Collection, Counter, Iterable, List, Optional
+from typing import Any, Callable, Collection, Counter, Dict, Iterable, List, Optional
 
 import redis
 
-from rstream import Message
+from rstream import Consumer, Message
 
 FailRule = Callable[[Message], Optional[BaseException]]
 
@@ -67,3 +67,17 @@ def rstream_threads(before: Collection[threading.Thread] = ()) -> List[str]:
 def records(caplog_records: Iterable[logging.LogRecord], level: int, text: str) -> List[str]:
     """Messages of the captured records at `level` that contain `text`."""
     return [r.getMessage() for r in caplog_records if r.levelno == level and text in r.getMessage()]
+
+
+# Short intervals; streams made on demand and read from the start, so entries added before
+# start() are delivered.
+FAULT_DEFAULTS: Dict[str, Any] = dict(receive_interval=100, heartbeat_interval=100,
+                                      make_stream=True, group_start_id="0")
+
+
+def new_consumer(made: List[Consumer], url: str, names: Any, **options: Any) -> Consumer:
+    """A consumer for this test's names on `url` (a server or a proxy in front of one), added to
+    `made` so the `consumers` fixture stops it at teardown."""
+    consumer = Consumer(url, names.stream, names.group, names.consumer, **{**FAULT_DEFAULTS, **options})
+    made.append(consumer)
+    return consumer

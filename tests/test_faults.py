@@ -9,22 +9,21 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Callable, Dict, Iterator, List, Optional, Set
+from typing import Any, Callable, Dict, List, Optional, Set
 
 import pytest
 import redis
 
-from faultkit import Recorder, command_calls, pending, publish, records, rstream_threads
+from faultkit import Recorder, command_calls, new_consumer, pending, publish, records, rstream_threads
 from helpers import wait_until
 from proxy import Proxy
 from rstream import Consumer, FatalRedisError, Message, RStreamError
 from rstream.embedded import EmbeddedServer, find_server_binary
 
-FAST: Dict[str, Any] = dict(receive_interval=100, heartbeat_interval=100)
 BLACKHOLE_S = 5.0        # the issue's outage length
 STOP_TIMEOUT_S = 3.0
 STOP_SLACK_S = 1.5       # scheduling on a loaded 2-core box; a blocked stop would take 10 s more
-# Commands per second a consumer may send while it cannot work. With FAST intervals an idle
+# Commands per second a consumer may send while it cannot work. With 100 ms intervals an idle
 # consumer sends ~40/s (a read, a heartbeat and the reaper's XINFO + XPENDING per 100 ms);
 # a loop without backoff sends thousands.
 MAX_COMMANDS_PER_S = 150
@@ -40,22 +39,6 @@ class Boom(BaseException):
 def log(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
     caplog.set_level(logging.INFO, logger="rstream")
     return caplog
-
-
-@pytest.fixture
-def consumers() -> Iterator[List[Consumer]]:
-    """Consumers a test makes; stopped at teardown even when the test fails."""
-    made: List[Consumer] = []
-    yield made
-    for consumer in made:
-        consumer.stop(5.0)
-
-
-def _consumer(made: List[Consumer], url: str, names: Any, **options: Any) -> Consumer:
-    settings = {**FAST, "make_stream": True, "group_start_id": "0", **options}
-    consumer = Consumer(url, names.stream, names.group, names.consumer, **settings)
-    made.append(consumer)
-    return consumer
 
 
 def _all_settled(r: redis.Redis, names: Any, rec: Recorder, ids: List[str],
@@ -82,7 +65,7 @@ def test_redis_killed_mid_stream_every_entry_handled_and_outage_logged_once(
 
     with EmbeddedServer(find_server_binary(), appendonly=True) as server:
         r = server.client()
-        consumer = _consumer(consumers, server.url, stream_names, batch_size=50, concurrency=2)
+        consumer = new_consumer(consumers, server.url, stream_names, batch_size=50, concurrency=2)
         consumer.start(slow)
         ids = publish(r, stream_names.stream, 2000)
         wait_until(lambda: len(rec.handled) >= 200, 20, message="consumption did not start")
@@ -106,7 +89,7 @@ def test_network_blackholed_then_healed_loses_nothing(
     """5 s with no byte moving, then the network heals (connections kept or reset): all handled."""
     rec = Recorder()
     with Proxy(redis_server.port) as proxy:
-        consumer = _consumer(consumers, proxy.url, stream_names)
+        consumer = new_consumer(consumers, proxy.url, stream_names)
         consumer.start(rec)
         ids = publish(r, stream_names.stream, 300)
         _all_settled(r, stream_names, rec, ids)
@@ -137,7 +120,7 @@ def test_stop_during_blackhole_returns_within_timeout_and_loses_nothing(
         rec(message)
 
     with Proxy(redis_server.port) as proxy:
-        consumer = _consumer(consumers, proxy.url, stream_names)
+        consumer = new_consumer(consumers, proxy.url, stream_names)
         consumer.start(handler)
         ids = publish(r, stream_names.stream, 200)
         _all_settled(r, stream_names, rec, ids)
@@ -157,7 +140,7 @@ def test_stop_during_blackhole_returns_within_timeout_and_loses_nothing(
         assert elapsed < STOP_TIMEOUT_S + STOP_SLACK_S, f"stop took {elapsed:.1f} s"
         proxy.restore()
     # The same consumer name, straight to the server: its pending entries come back to it.
-    again = _consumer(consumers, redis_server.url, stream_names)
+    again = new_consumer(consumers, redis_server.url, stream_names)
     again.start(rec)
     _all_settled(r, stream_names, rec, ids)
 
@@ -171,7 +154,7 @@ def test_redis_down_at_start_consumes_once_it_is_up(
     server.stop()  # keep its port: the consumer is given a URL that refuses connections
     try:
         rec = Recorder()
-        consumer = _consumer(consumers, server.url, stream_names)
+        consumer = new_consumer(consumers, server.url, stream_names)
         started = time.monotonic()
         consumer.start(rec)
         assert time.monotonic() - started < BLACKHOLE_S, "start() waited for the server"
@@ -226,7 +209,7 @@ def test_group_destroyed_stream_deleted_flushall_each_recovered_without_hot_loop
     and meanwhile the consumer sends a bounded number of commands per second."""
     rec = Recorder()
     r.xgroup_create(stream_names.stream, stream_names.group, "0", mkstream=True)
-    consumer = _consumer(consumers, redis_server.url, stream_names, make_stream=make_stream)
+    consumer = new_consumer(consumers, redis_server.url, stream_names, make_stream=make_stream)
     consumer.start(rec)
     ids = publish(r, stream_names.stream, 100)
     _all_settled(r, stream_names, rec, ids)
@@ -263,7 +246,7 @@ def test_wrongtype_stream_key_fails_start_with_clear_error(
     """A string where the stream should be: start() raises WRONGTYPE at once, no retry loop."""
     before = set(threading.enumerate())  # other tests' threads are not ours
     r.set(stream_names.stream, b"not a stream")
-    consumer = _consumer(consumers, redis_server.url, stream_names)
+    consumer = new_consumer(consumers, redis_server.url, stream_names)
     with pytest.raises(FatalRedisError, match="WRONGTYPE"):
         consumer.start(Recorder())
     _no_retry_loop(r, before)
@@ -275,7 +258,7 @@ def test_wrongtype_stream_key_fails_run_with_clear_error(
     """run() raises the same error rather than blocking."""
     before = set(threading.enumerate())  # other tests' threads are not ours
     r.set(stream_names.stream, b"not a stream")
-    consumer = _consumer(consumers, redis_server.url, stream_names, make_stream=False)
+    consumer = new_consumer(consumers, redis_server.url, stream_names, make_stream=False)
     with pytest.raises(RStreamError, match="WRONGTYPE"):
         consumer.run(Recorder(), stop_timeout=5)
     _no_retry_loop(r, before)
@@ -287,7 +270,7 @@ def test_stream_replaced_by_string_at_runtime_stops_run_with_clear_error(
     """The key turns into a string while run() consumes: run() returns raising WRONGTYPE."""
     before = set(threading.enumerate())  # other tests' threads are not ours
     rec = Recorder()
-    consumer = _consumer(consumers, redis_server.url, stream_names, make_stream=False)
+    consumer = new_consumer(consumers, redis_server.url, stream_names, make_stream=False)
     r.xgroup_create(stream_names.stream, stream_names.group, "0", mkstream=True)
     raised: List[BaseException] = []
 
@@ -325,7 +308,7 @@ def test_handlers_raising_base_exceptions_are_failures_not_crashes(
 
     seen_errors: List[str] = []
     rec = Recorder(fail)
-    consumer = _consumer(consumers, redis_server.url, stream_names, concurrency=4,
+    consumer = new_consumer(consumers, redis_server.url, stream_names, concurrency=4,
                          handle_failure=lambda m, e: seen_errors.append(type(e).__name__))
     consumer.start(rec)
     ids = publish(r, stream_names.stream, 300)
@@ -358,7 +341,7 @@ def test_handler_that_never_returns_blocks_neither_others_nor_stop(
     entered, release = threading.Event(), threading.Event()
     rec = Recorder()
     try:
-        consumer = _consumer(consumers, redis_server.url, stream_names, concurrency=4)
+        consumer = new_consumer(consumers, redis_server.url, stream_names, concurrency=4)
         consumer.start(_hanging_handler(rec, entered, release))
         ids = publish(r, stream_names.stream, 1)
         assert entered.wait(10), "the first entry never reached the handler"
@@ -372,7 +355,7 @@ def test_handler_that_never_returns_blocks_neither_others_nor_stop(
         assert pending(r, stream_names.stream, stream_names.group) == 1
     finally:
         release.set()
-    again = _consumer(consumers, redis_server.url, stream_names)
+    again = new_consumer(consumers, redis_server.url, stream_names)
     again.start(rec)
     _all_settled(r, stream_names, rec, ids)
 
@@ -386,7 +369,7 @@ def test_entries_chunked_with_a_hung_handler_are_handled_by_other_workers(
     rec = Recorder()
     ids = publish(r, stream_names.stream, 200)
     try:
-        consumer = _consumer(consumers, redis_server.url, stream_names, concurrency=4)
+        consumer = new_consumer(consumers, redis_server.url, stream_names, concurrency=4)
         consumer.start(_hanging_handler(rec, entered, release))
         wait_until(lambda: rec.has_all(ids[1:]), 5, message="entries stranded behind a hung handler")
     finally:
@@ -406,7 +389,7 @@ def test_handle_failure_that_raises_keeps_entry_until_a_retry_succeeds(
         raise raises
 
     rec = Recorder(fail)
-    consumer = _consumer(consumers, redis_server.url, stream_names, concurrency=2,
+    consumer = new_consumer(consumers, redis_server.url, stream_names, concurrency=2,
                          handle_failure=broken)
     consumer.start(rec)
     ids = publish(r, stream_names.stream, 20)

@@ -11,7 +11,7 @@ import signal
 import textwrap
 import threading
 import time
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Tuple
 
 import pytest
 import redis

@@ -10,17 +10,16 @@ import socket
 import subprocess
 import threading
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, NamedTuple, Sequence, Set
+from typing import Any, Iterator, List, NamedTuple, Sequence, Set
 
 import pytest
 import redis
 
-from faultkit import Recorder, command_calls, pending, publish, rstream_threads
+from faultkit import Recorder, command_calls, new_consumer, pending, publish, rstream_threads
 from helpers import wait_until
 from rstream import Consumer, FatalRedisError, Message, RStreamError
 from rstream.embedded import EmbeddedServer, find_server_binary
 
-FAST: Dict[str, Any] = dict(receive_interval=100, heartbeat_interval=100)
 PASSWORD = "s3cret-Pa55word-xyzzy"
 USER = "rstream-app"
 # The commands rstream needs (docs/security.md). XADD only for the dead-letter stream, XDEL
@@ -52,21 +51,6 @@ def denied_commands(r: redis.Redis) -> set[str]:
             if e.get("username") == USER and e.get("reason") != "auth"}
 
 
-@pytest.fixture
-def consumers() -> Iterator[List[Consumer]]:
-    made: List[Consumer] = []
-    yield made
-    for consumer in made:
-        consumer.stop(5.0)
-
-
-def _consumer(made: List[Consumer], url: str, names: Any, **options: Any) -> Consumer:
-    settings = {**FAST, "make_stream": True, "group_start_id": "0", **options}
-    consumer = Consumer(url, names.stream, names.group, names.consumer, **settings)
-    made.append(consumer)
-    return consumer
-
-
 def _number(message: Message) -> int:
     return int(message.fields[b"n"])
 
@@ -90,7 +74,7 @@ def test_minimal_acl_user_works_end_to_end(
         message.configure_ack(retry=True)
 
     rec = Recorder(lambda m: ValueError("poison") if _number(m) % 10 == 0 else None)
-    consumer = _consumer(consumers, user_url(redis_server), names, delete_on_ack=True,
+    consumer = new_consumer(consumers, user_url(redis_server), names, delete_on_ack=True,
                          max_attempts=2, dead_letter_stream=names.dead_letter,
                          handle_failure=retry_then_dead_letter)
     consumer.start(rec)
@@ -149,7 +133,7 @@ def test_wrong_password_raises_clear_error_without_retrying(
     at once, and nothing keeps trying."""
     before = set(threading.enumerate())  # other tests' threads are not ours
     make_user(r, [stream_names.stream, stream_names.dead_letter])
-    consumer = _consumer(consumers, user_url(redis_server, "wrong-password"), stream_names)
+    consumer = new_consumer(consumers, user_url(redis_server, "wrong-password"), stream_names)
     with pytest.raises(RStreamError, match="authentication failed") as raised:
         consumer.start(Recorder()) if entry == "start" else consumer.run(Recorder(), stop_timeout=5)
     assert "wrong-password" not in str(raised.value)
@@ -166,7 +150,7 @@ def test_missing_acl_permission_fails_start_with_clear_error(
         make_user(r, [stream_names.dead_letter])
     else:
         make_user(r, [stream_names.stream], MINIMAL_COMMANDS.replace(" +xreadgroup", ""))
-    consumer = _consumer(consumers, user_url(redis_server), stream_names)
+    consumer = new_consumer(consumers, user_url(redis_server), stream_names)
     with pytest.raises(FatalRedisError, match="ACL permission missing") as raised:
         consumer.start(Recorder())
     assert "NOPERM" in str(raised.value) or "permission" in str(raised.value)
@@ -180,7 +164,7 @@ def test_permission_missing_at_runtime_stops_run_with_clear_error(
     entry stays pending rather than being lost."""
     before = set(threading.enumerate())  # other tests' threads are not ours
     make_user(r, [stream_names.stream], MINIMAL_COMMANDS.replace(" +xack", ""))
-    consumer = _consumer(consumers, user_url(redis_server), stream_names)
+    consumer = new_consumer(consumers, user_url(redis_server), stream_names)
     raised: List[BaseException] = []
 
     def run() -> None:
@@ -278,7 +262,7 @@ def test_tls_with_the_right_ca_consumes(
         consumers: List[Consumer]) -> None:
     """rediss:// with the test CA: rstream consumes over TLS."""
     r = tls_server.server.client()
-    consumer = _consumer(consumers, tls_server.url(certs.ca), stream_names)
+    consumer = new_consumer(consumers, tls_server.url(certs.ca), stream_names)
     rec = Recorder()
     consumer.start(rec)
     ids = publish(r, stream_names.stream, 100)
@@ -294,7 +278,7 @@ def test_tls_with_a_wrong_ca_fails_start_with_clear_error(
         consumers: List[Consumer]) -> None:
     """A CA that did not sign the server's certificate: start() raises a TLS error at once."""
     before = set(threading.enumerate())  # other tests' threads are not ours
-    consumer = _consumer(consumers, tls_server.url(certs.other_ca), stream_names)
+    consumer = new_consumer(consumers, tls_server.url(certs.other_ca), stream_names)
     with pytest.raises(FatalRedisError, match="TLS") as raised:
         consumer.start(Recorder())
     assert "certificate verify failed" in str(raised.value).lower()
@@ -316,7 +300,7 @@ def test_no_password_in_any_log_line(
             Consumer(url.replace("redis://", "http://"), "s", "g", "c")
         seen.append(str(bad_url.value))
         rec = Recorder()
-        consumer = _consumer(consumers, url, stream_names)
+        consumer = new_consumer(consumers, url, stream_names)
         consumer.start(rec)
         seen.append(repr(consumer))
         ids = publish(r, stream_names.stream, 50)
