@@ -172,7 +172,8 @@ def _all_handled(out_dir: Path) -> bool:
 
 @pytest.mark.soak
 def test_chaos_soak_every_entry_handled_pending_empty_duplicates_bounded(
-        spawn: Callable[..., SpawnedProcess], tmp_path: Path, stream_names: Any) -> None:
+        spawn: Callable[..., SpawnedProcess], tmp_path: Path, stream_names: Any,
+        capsys: pytest.CaptureFixture[str]) -> None:
     """SIGKILLed consumers (every ~2 s) and one SIGKILLed Redis lose nothing: every entry is
     handled at least once, nothing stays pending, duplicates stay under the in-flight bound."""
     rng = random.Random(os.environ.get("RSTREAM_SOAK_SEED", time.time_ns()))
@@ -216,10 +217,11 @@ def test_chaos_soak_every_entry_handled_pending_empty_duplicates_bounded(
     handled = _handled(out_dir)
     unique = set(handled)
     duplicates = len(handled) - len(unique)
-    print(f"\nsoak: entries {ENTRIES}, handled {len(handled)} ({len(unique)} distinct), "
-          f"duplicates {duplicates} (bound {chaos.bound}), consumer kills {chaos.kills} "
-          f"({chaos.same_name} restarted under the same name), Redis kills {chaos.redis_kills}, "
-          f"processes {chaos.incarnations}, wall time {wall:.1f} s")
+    with capsys.disabled():  # the figures belong in the CI log, pass or fail
+        print(f"\nsoak: entries {ENTRIES}, handled {len(handled)} ({len(unique)} distinct), "
+              f"duplicates {duplicates} (bound {chaos.bound}), consumer kills {chaos.kills} "
+              f"({chaos.same_name} restarted under the same name), Redis kills {chaos.redis_kills}, "
+              f"processes {chaos.incarnations}, wall time {wall:.1f} s")
     assert unique == {f"{n}-0" for n in range(1, ENTRIES + 1)}
     assert chaos.kills >= 10 and chaos.redis_kills == 1
     assert duplicates <= chaos.bound
