@@ -110,6 +110,18 @@ class ConnectionFactory:
         return f"{host}:{port}" if port else str(host)
 
 
+def check_same_slot(client: Any, stream: str, dead_letter_stream: Optional[str]) -> None:
+    """In Redis Cluster the dead letter is written and the entry acked in one script, which
+    needs both keys in one hash slot: say so when the Consumer is built, not on the first
+    poison message."""
+    if dead_letter_stream is None or not hasattr(client, "keyslot"):
+        return
+    if client.keyslot(stream) != client.keyslot(dead_letter_stream):
+        raise ConfigError(
+            f"dead_letter_stream {dead_letter_stream!r} must hash to the same Redis Cluster slot as "
+            f"stream {stream!r}: give both the same hash tag, e.g. '{{orders}}' and '{{orders}}:dlq'")
+
+
 def _pool_for(client: Any, stream: str) -> Any:
     if hasattr(client, "get_node_from_key"):  # RedisCluster: the node that owns the stream's slot
         node = client.get_node_from_key(stream)

@@ -16,7 +16,8 @@ import time
 from typing import Any, Callable, List, Optional
 
 from .acker import Acker
-from .connection import IO_TIMEOUT_S, READER_READ_SIZE, ConnectionFactory, Link, client_from_option
+from .connection import (IO_TIMEOUT_S, READER_READ_SIZE, ConnectionFactory, Link, check_same_slot,
+                         client_from_option)
 from .dispatch import Ledger, WorkerPool
 from .errors import ConfigError, FatalRedisError, RedisUnavailable, RStreamError, StreamMissing
 from .intake import Intake
@@ -39,7 +40,9 @@ class Consumer:
 
     def __init__(self, redis: Any, stream: str, group: str, consumer_name: str, **options: Any) -> None:
         self.options = Options.build(stream=stream, group=group, consumer_name=consumer_name, **options)
-        self._factory = ConnectionFactory(client_from_option(redis), stream)
+        client = client_from_option(redis)
+        check_same_slot(client, stream, self.options.dead_letter_stream)
+        self._factory = ConnectionFactory(client, stream)
         self._counters = Counters()
         self._lifecycle = threading.Lock()
         self._state = "new"
