@@ -81,27 +81,26 @@ class Reaper:
         return _rest_of(wait_ms / 1000, observed_at)
 
     def _claim_all(self, consumer: str, min_idle_ms: int, counter: str, strays: bool) -> int:
-        """Claim `consumer`'s entries idle at least `min_idle_ms`, page by page."""
+        """Claim `consumer`'s entries idle at least `min_idle_ms`, page by page. Slots are
+        reserved only for entries found, so a tick with nothing to claim never waits for a
+        slot nor holds reads back."""
         total = 0
         start = "-"
         while not self._stop.is_set():
-            reserved = self._ledger.reserve(self._o.batch_size, self._stop, first=True)
-            if not reserved:
-                break
-            try:
-                page = self.ops.pending_of(consumer, start, reserved, min_idle_ms)
-            except BaseException:
-                self._ledger.admit(reserved, (), 0)
-                raise
+            page = self.ops.pending_of(consumer, start, self._o.batch_size, min_idle_ms)
             cursor = next_start(page)
             if strays:
                 page = stray_entries(page, self._ledger.held())
-            ids, attempts, min_idle = claim_page(page)
-            if ids:
+            if page:
+                reserved = self._ledger.reserve(len(page), self._stop, first=True)
+                if not reserved:
+                    break
+                taken = page[:reserved]
+                ids, attempts, min_idle = claim_page(taken)
                 total += self._intake.claim(self.ops, reserved, ids, min_idle, attempts,
                                             counter=counter, count_vanished=not strays)
-            else:
-                self._ledger.admit(reserved, (), 0)
+                if len(taken) < len(page):
+                    cursor = next_start(taken)  # fewer slots than entries: go on after these
             if cursor is None:
                 break
             start = cursor
