@@ -89,7 +89,7 @@ class Reaper:
         while not self._stop.is_set():
             page = self.ops.pending_of(consumer, start, self._o.batch_size, min_idle_ms)
             cursor = next_start(page)
-            if strays:
+            if strays and page:
                 page = stray_entries(page, self._ledger.held())
             if page:
                 reserved = self._ledger.reserve(len(page), self._stop, first=True)

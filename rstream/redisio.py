@@ -177,9 +177,6 @@ class StreamOps:
         commands = self._settle_commands(batch)
         return self._check_settle(batch, self.link.pipeline(commands) if commands else [])
 
-    def ack(self, ids: Sequence[str]) -> int:
-        return self.settle(SettleBatch(acks=list(ids))).acked
-
     def _settle_commands(self, batch: SettleBatch) -> List[Sequence[Any]]:
         o = self.o
         commands: List[Sequence[Any]] = []

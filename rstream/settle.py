@@ -132,10 +132,3 @@ class RetrySchedule:
 
     def ids(self) -> List[str]:
         return [item.id for item in self._heap]
-
-    def discard(self, ids: "set[str]") -> None:
-        """Forget entries (another consumer took them over)."""
-        kept = [item for item in self._heap if item.id not in ids]
-        if len(kept) != len(self._heap):
-            heapq.heapify(kept)
-            self._heap = kept

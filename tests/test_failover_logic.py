@@ -9,7 +9,6 @@ from hypothesis import strategies as st
 from rstream.failover import (ConsumerInfo, PendingEntry, claim_page, dead_consumers, missing_ids,
                               next_check_ms, next_start, parse_consumers, parse_pending,
                               stray_entries)
-from rstream.settle import RetryItem, RetrySchedule
 
 
 def _pending(*ids: str, idle: int = 500, deliveries: int = 1, consumer: str = "dead") -> List[PendingEntry]:
@@ -157,57 +156,3 @@ def test_missing_ids_keeps_request_order() -> None:
     """Ids XCLAIM did not return (deleted or taken) are listed in the order they were asked for."""
     assert missing_ids(["3-0", "1-0", "2-0"], {"1-0"}) == ["3-0", "2-0"]
     assert missing_ids(["1-0"], {"1-0"}) == []
-
-
-# -- retry schedule -------------------------------------------------------------------------------
-def _item(due: int, entry_id: str, attempt: int = 1) -> RetryItem:
-    return RetryItem(due, entry_id, attempt, handled_at_ms=0)
-
-
-def test_retry_schedule_pops_only_due_items_earliest_first() -> None:
-    """Items come out in due order, only once due, and at most `limit` at a time."""
-    schedule = RetrySchedule()
-    for item in (_item(30, "c"), _item(10, "a"), _item(20, "b"), _item(99, "late")):
-        schedule.add(item)
-    assert len(schedule) == 4
-    assert schedule.next_due_ms() == 10
-    assert schedule.pop_due(now_ms=5, limit=10) == []
-    assert [i.id for i in schedule.pop_due(now_ms=30, limit=2)] == ["a", "b"]
-    assert [i.id for i in schedule.pop_due(now_ms=30, limit=2)] == ["c"]
-    assert schedule.next_due_ms() == 99
-    assert len(schedule) == 1
-
-
-def test_retry_schedule_of_nothing_has_no_due_time() -> None:
-    """An empty schedule says so (None), so the acker does not wake for it."""
-    schedule = RetrySchedule()
-    assert schedule.next_due_ms() is None
-    assert schedule.pop_due(now_ms=10**15, limit=100) == []
-    assert schedule.ids() == []
-
-
-def test_retry_schedule_discard_forgets_entries_taken_by_others() -> None:
-    """Discarded ids are never popped; the rest keep their order."""
-    schedule = RetrySchedule()
-    for item in (_item(3, "c"), _item(1, "a"), _item(2, "b"), _item(4, "d")):
-        schedule.add(item)
-    schedule.discard({"a", "c", "unknown"})
-    assert sorted(schedule.ids()) == ["b", "d"]
-    assert schedule.next_due_ms() == 2
-    assert [i.id for i in schedule.pop_due(now_ms=10, limit=10)] == ["b", "d"]
-
-
-@given(st.lists(st.tuples(st.integers(0, 1000), st.integers(0, 10**6)), unique_by=lambda t: t[1]),
-       st.integers(0, 1000), st.integers(1, 20))
-def test_retry_schedule_pop_due_matches_a_sorted_filter(rows: list, now: int, limit: int) -> None:
-    """pop_due returns the `limit` earliest due items, in order, and keeps every other one."""
-    schedule = RetrySchedule()
-    items = [_item(due, f"{n}-0") for due, n in rows]
-    for item in items:
-        schedule.add(item)
-    popped = schedule.pop_due(now, limit)
-    expected = sorted(i for i in items if i.due_ms <= now)[:limit]
-    assert popped == expected
-    assert len(schedule) == len(items) - len(popped)
-    assert sorted(schedule.ids()) == sorted(i.id for i in items if i not in popped)
-

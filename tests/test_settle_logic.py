@@ -224,15 +224,6 @@ def test_pop_due_respects_the_limit() -> None:
     assert len(schedule) == 7
 
 
-def test_discard_forgets_ids_and_keeps_the_order() -> None:
-    """Entries another consumer took over are forgotten; the rest still pop earliest first."""
-    schedule = RetrySchedule()
-    for n in range(6):
-        schedule.add(_item(NOW - 10 + n, f"{n}-0"))
-    schedule.discard({"0-0", "3-0", "99-0"})
-    assert [i.id for i in schedule.pop_due(NOW, 10)] == ["1-0", "2-0", "4-0", "5-0"]
-
-
 @given(st.lists(st.tuples(st.integers(NOW - 1000, NOW + 1000), st.integers(0, 10**6)), max_size=60),
        st.integers(1, 80))
 def test_pop_due_matches_a_sorted_reference(items: List[Any], limit: int) -> None:
