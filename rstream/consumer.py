@@ -21,11 +21,12 @@ from .connection import (IO_TIMEOUT_S, READER_READ_SIZE, ConnectionFactory, Link
 from .dispatch import Ledger, WorkerPool
 from .errors import ConfigError, FatalRedisError, RedisUnavailable, RStreamError, StreamMissing
 from .intake import Intake
-from .liveness import Heartbeat, Reaper
+from ._hotpath import IMPLEMENTATION
+from .liveness import Heartbeat, NameFence, Reaper
 from .message import Message
 from .options import Options
 from .reader import Reader
-from .redisio import StreamOps
+from .redisio import StreamOps, fence_key
 from .stats import Counters, Stats
 from .supervise import Health, Loop
 
@@ -53,6 +54,11 @@ class Consumer:
         self._links: List[Link] = []
         self._loops: List[Loop] = []
         self._group_seen = False  # the group was created or found once (see _recreate_group)
+        self._stream_was_missing = False  # at the first creation: the stream is new to us
+        self._fence = NameFence(fence_key(stream, group, consumer_name), self.options)
+        if hasattr(client, "keyslot") and client.keyslot(stream) != client.keyslot(self._fence.key):
+            raise ConfigError(f"stream {stream!r} has braces that are not a Redis Cluster hash tag; "
+                              "give it one, e.g. '{orders}'")
 
     # -- public API ---------------------------------------------------------------------------
     def start(self, handler: Handler) -> "Consumer":
@@ -161,7 +167,7 @@ class Consumer:
                               self._acker, self._intake, self._intake_stop)
         self._reaper = Reaper(self._ops("reaper"), o, self._ledger, self._intake,
                               self._intake_stop, self._reader.replay_done)
-        self._heartbeat = Heartbeat(self._ops("heartbeat"), o)
+        self._heartbeat = Heartbeat(self._ops("heartbeat"), o, self._fence)
         self._health = health = Health(self._counters, self._factory.describe())
 
         def loop(name: str, step: Callable[[], Optional[float]], ops: StreamOps,
@@ -182,36 +188,88 @@ class Consumer:
         auth, ACL, old server) raises from start(). An unreachable server or a missing stream
         is not fatal: the threads keep retrying."""
         ops = self._heartbeat.ops
+        found = None
         try:
             found = ops.check_server()
-            if found:
-                log.debug("rstream: server %s %s", found[0], ".".join(map(str, found[1])))
+            self._check_key_types(ops)
             self._recreate_group(ops, at_start=True)
-            ops.heartbeat()
+            self._heartbeat.beat()
         except RedisUnavailable as exc:
             self._health.down(exc)  # the threads keep trying; the outage is logged once
         except StreamMissing as exc:
             self._health.stream_missing(exc)
+        o = self.options
+        server = f"{found[0]} {'.'.join(map(str, found[1]))} at " if found else ""
+        log.info("rstream: consumer %r of group %r on stream %r starting (server %s%s, hot path %s)",
+                 o.consumer_name, o.group, o.stream, server, self._factory.describe(),
+                 IMPLEMENTATION)
+
+    def _check_key_types(self, ops: StreamOps) -> None:
+        """A key of another type fails start() with an error that names the key."""
+        try:
+            types = ops.key_types()
+        except FatalRedisError as exc:
+            if "NOPERM" in str(exc) or "permission" in str(exc):
+                return  # a minimal ACL user may not run TYPE; the commands' errors will tell
+            raise
+        wrong = {key: kind for key, kind in types.items() if kind not in ("stream", "none")}
+        if wrong:
+            raise FatalRedisError("WRONGTYPE: " + "; ".join(
+                f"key {key!r} ({'the stream' if key == self.options.stream else 'dead_letter_stream'}) "
+                f"holds a {kind}, not a stream" for key, kind in wrong.items()))
 
     def _recreate_group(self, ops: StreamOps, at_start: bool = False) -> None:
-        created = ops.ensure_group()
-        # A group first made once a missing stream appeared was never lost: not a re-creation.
-        existed, self._group_seen = self._group_seen, True
-        if created:
-            if not at_start and existed:
+        """Find or create the group. Only a first creation on a stream that exists at start
+        uses `group_start_id`; after that nothing added after start() may be skipped: a group
+        made when a missing stream appears starts at 0, and one lost at runtime (group
+        destroyed, stream deleted, flushed, a restart without persistence) resumes after the
+        last id this consumer saw if the stream survived, else at 0 (the stream is new)."""
+        o = self.options
+        existed = self._group_seen
+        if existed:
+            start_id, resume = "0", self._reader.last_seen or "0-0"
+        else:
+            start_id, resume = ("0" if self._stream_was_missing else o.group_start_id), ""
+        try:
+            state = ops.ensure_group(start_id, resume)
+        except StreamMissing:
+            self._stream_was_missing = self._stream_was_missing or not existed
+            raise
+        self._group_seen = True
+        if state.status == "created":
+            self._reader.last_seen = state.position
+            if existed and not at_start:
                 self._counters.add(group_recreated=1)
+                why = ("after the last entry this consumer saw, as the stream survived"
+                       if state.reason == "resumed" else "at 0: the stream is new")
                 log.warning("rstream: consumer group %r on %r was missing and has been created "
-                            "again at %r", self.options.group, self.options.stream,
-                            self.options.group_start_id)
+                            "again %s (%s)", o.group, o.stream, why, state.position)
+            elif state.reason == "new" and not at_start:
+                log.info("rstream: stream %r appeared; consumer group %r created at 0, so its "
+                         "first entries are delivered", o.stream, o.group)
+        elif not self._reader.last_seen:
+            self._reader.last_seen = state.position
 
     def _on_fatal(self, exc: FatalRedisError) -> None:
         if self._fatal is None:
-            self._fatal = exc
-            log.error("rstream: stopping: %s", exc)
+            self._fatal = self._named(exc)
+            log.error("rstream: stopping: %s", self._fatal)
         self._stop_requested.set()
         if not self._in_run:
             # A consumer used via start() stops itself; run() is woken by the event and stops it.
             threading.Thread(target=self.stop, args=(5.0,), name="rstream-fatal-stop", daemon=True).start()
+
+    def _named(self, exc: FatalRedisError) -> FatalRedisError:
+        """Redis' WRONGTYPE error names no key: look the types up and say which one."""
+        if not str(exc).startswith("WRONGTYPE Operation"):
+            return exc
+        try:
+            self._check_key_types(StreamOps(self._factory.make("diagnose"), self.options))
+        except FatalRedisError as named:
+            return named
+        except RStreamError:
+            pass
+        return exc
 
     # -- shutdown -----------------------------------------------------------------------------
     def _shutdown(self, deadline: float) -> None:
@@ -236,8 +294,24 @@ class Consumer:
             log.warning("rstream: could not flush acks at stop (%s); those entries stay pending", exc)
         self._heartbeat_stop.set()
         self._heartbeat_loop.join(deadline)
+        self._leave_group(deadline)
         self._pool.join(min(deadline, time.monotonic() + 0.1))
         self._close_links()
+
+    def _leave_group(self, deadline: float) -> None:
+        """A clean stop leaves no ghost: with nothing pending, this consumer leaves the group
+        (else others would find it dead later, and pid-based names would pile up). A consumer
+        whose name another process took over leaves both to that process."""
+        if self._fence.lost_to is not None:
+            return
+        ops = self._heartbeat.ops
+        ops.link.limit(deadline)
+        try:
+            if ops.leave(self._fence.active_key, self._fence.token):
+                log.debug("rstream: consumer %r left group %r", self.options.consumer_name,
+                          self.options.group)
+        except RStreamError as exc:
+            log.debug("rstream: could not leave the group at stop (%s)", exc)
 
     def _close_links(self) -> None:
         for link in self._links:

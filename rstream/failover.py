@@ -92,3 +92,16 @@ def missing_ids(requested: Sequence[str], returned: Collection[str]) -> List[str
 def next_start(entries: Sequence[PendingEntry]) -> Optional[str]:
     """Exclusive start of the next XPENDING page, or None when this page was the last one."""
     return "(" + entries[-1].id if entries else None
+
+
+def verdicts_stale(consumers: Sequence[ConsumerInfo], me: str, interval_ms: int,
+                   took_ms: float) -> bool:
+    """True when an XINFO CONSUMERS reply cannot be trusted to say who is dead: this consumer
+    beats every `interval_ms`, so its own idle past two intervals (or absence) means its beats
+    did not land (this process or the server was stalled), and a reply that took longer than
+    an interval was held up by a stall. Either way every idle in it is inflated by the stall,
+    and consumers that beat as soon as it ended would be robbed."""
+    if took_ms > interval_ms:
+        return True
+    mine = [c for c in consumers if c.name == me]
+    return not mine or mine[0].idle_ms > 2 * interval_ms

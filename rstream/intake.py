@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Callable, Dict, List, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 from .dispatch import Ledger, WorkerPool
 from .errors import RStreamError
@@ -51,39 +51,46 @@ class Intake:
         self._pool.submit(messages)
 
     def claim(self, ops: StreamOps, reserved: int, ids: Sequence[str], min_idle_ms: int,
-              attempts: Dict[str, int], counter: str, count_vanished: bool) -> int:
-        """XCLAIM `ids` into this consumer and deliver them; returns how many were delivered.
+              attempts: Dict[str, int], counter: str, count_vanished: bool,
+              dead: Optional[str] = None) -> Optional[int]:
+        """XCLAIM `ids` into this consumer and deliver them; returns how many were delivered,
+        or None when `dead` (the consumer they are taken from) turned out to be alive.
 
-        Ids XCLAIM did not return are looked up: still pending here means the entry was deleted
-        (Redis 6.2 claims it with no data), so it is acked; pending elsewhere means another
-        consumer won the race; not pending means the server dropped a deleted entry (Redis 7+)
-        or someone acked it — counted as deleted when `count_vanished`."""
+        Ids XCLAIM did not return are looked up, and only the stream can say one was deleted:
+        an entry gone from the stream but still pending here (Redis 6.2 claims it with no
+        data) is acked; one still in the stream was taken by another consumer, or by another
+        process using this consumer's name, whose handler may be running it: it is left alone.
+        One no longer pending anywhere was deleted (Redis 7+ drops it) or acked by someone;
+        counted as deleted when `count_vanished` and the stream no longer has it."""
         try:
-            messages, deleted = ops.claim(ids, min_idle_ms, attempts)
+            read = ops.claim(ids, min_idle_ms, attempts, dead)
         except BaseException:
             self._ledger.admit(reserved, (), 0)
             raise
+        if read is None:
+            self._ledger.admit(reserved, (), 0)
+            return None
+        messages, deleted = read
         returned = {m.id for m in messages}
         returned.update(deleted)
         missing = missing_ids(ids, returned)
         self.deliver(reserved, messages, deleted, counter)
         if missing:
             try:
-                owners = ops.owners(missing)
+                found = ops.whereabouts(missing)
             except RStreamError:
                 # Not knowing is safe: entries still pending here come back via the stray check.
                 self._ledger.forget(missing)
                 return len(messages)
-            mine = [i for i, owner in owners.items() if owner == self._me]
-            vanished = sum(1 for owner in owners.values() if owner is None)
-            gone = [i for i, owner in owners.items() if owner != self._me]
-            self._ledger.forget(gone)
-            if mine:
-                self._ledger.hold(mine)
-                self._ack_deleted(mine)
-            deleted_count = len(mine) + (vanished if count_vanished else 0)
+            gone_here = [i for i, (owner, exists) in found.items() if owner == self._me and not exists]
+            vanished = sum(1 for owner, exists in found.values() if owner is None and not exists)
+            self._ledger.forget(i for i in found if i not in gone_here)
+            if gone_here:
+                self._ledger.hold(gone_here)
+                self._ack_deleted(gone_here)
+            deleted_count = len(gone_here) + (vanished if count_vanished else 0)
             if deleted_count:
                 self._counters.add(deleted=deleted_count)
-            log.debug("rstream: %d claimed ids were not returned (%d deleted here, %d gone)",
-                      len(missing), len(mine), len(gone))
+            log.debug("rstream: %d claimed ids were not returned (%d deleted here, %d elsewhere)",
+                      len(missing), len(gone_here), len(missing) - len(gone_here))
         return len(messages)

@@ -33,6 +33,9 @@ class Reader:
         self._stop = stop
         self.replay_done = threading.Event()
         self._after = "0"
+        # The last id a read of new entries returned (or where the group started): a group
+        # that has to be created again resumes after it, so nothing added meanwhile is skipped.
+        self.last_seen = ""
         self._flowing = False  # the last read came back full: more entries are waiting
         # Reads sent and not yet collected, oldest first: (reserved, batch, replies).
         self._out: Deque[Tuple[int, SettleBatch, int]] = collections.deque()
@@ -77,6 +80,8 @@ class Reader:
         except BaseException:
             self._ledger.admit(reserved, (), 0)
             raise
+        if messages:
+            self.last_seen = messages[-1].id
         self._flowing = len(messages) + len(deleted) >= reserved
         self._acker.set_reader_flowing(self._flowing)
         try:

@@ -30,6 +30,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import hiredis
 
 from . import _hotpath as hot
+from . import scripts
 from .connection import Link, server_version, translate
 from .errors import FatalRedisError, GroupMissing, RStreamError, StreamMissing
 from .failover import ConsumerInfo, PendingEntry, parse_consumers, parse_pending
@@ -40,31 +41,28 @@ from .settle import SettleBatch
 MIN_SERVER_VERSION = (6, 2)
 # A history read past every possible id: returns nothing, but counts as an interaction.
 HEARTBEAT_ID = "18446744073709551615"
+FENCE_PREFIX = "rstream:fence:"
 
-# XADD before XACK: a script error does not roll back earlier writes, so an XADD that fails
-# (wrong key type, too many fields for Lua's unpack) must fail before the entry is acked.
-DEAD_LETTER_SCRIPT = """
-if #redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1) == 0 then return 0 end
-redis.call('XADD', KEYS[2], '*', unpack(ARGV, 4))
-redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
-if ARGV[3] == '1' then redis.call('XDEL', KEYS[1], ARGV[2]) end
-return 1
-"""
 
-DELCONSUMER_SCRIPT = """
-for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
-  local f = {}
-  for i = 1, #c, 2 do f[c[i]] = c[i + 1] end
-  if f['name'] == ARGV[2] then
-    if f['pending'] == 0 and f['idle'] >= tonumber(ARGV[3]) then
-      redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
-      return 1
-    end
-    return 0
-  end
-end
-return -1
-"""
+def fence_key(stream: str, group: str, consumer: str) -> str:
+    """The key that says which process holds `consumer`'s name in `group`: in the stream's
+    hash slot (Redis Cluster), by the stream's own hash tag, or the stream's name as one."""
+    start = stream.find("{")
+    end = stream.find("}", start + 1) if start >= 0 else -1
+    tag = stream[start + 1:end] if start >= 0 and end > start + 1 else stream
+    return f"{FENCE_PREFIX}{{{tag}}}:{group}:{consumer}"
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupState:
+    """What `ensure_group` found or did: `status` is "exists", "created" or "missing";
+    `position` the group's last-delivered id; `reason` why a created group starts where it
+    does ("start": the given id, "new": the stream is new, from 0, "resumed": after the last
+    id this consumer saw)."""
+
+    status: str
+    position: str = ""
+    reason: str = ""
 
 
 @dataclasses.dataclass
@@ -102,21 +100,22 @@ class StreamOps:
                                   "rstream needs Redis 6.2 or newer (or Valkey)")
         return name, version
 
-    def ensure_group(self) -> bool:
-        """Create the group; True if it was created now, False if it existed."""
-        args: List[Any] = ["XGROUP", "CREATE", self.o.stream, self.o.group, self.o.group_start_id]
-        if self.o.make_stream:
-            args.append("MKSTREAM")
-        try:
-            self.link.call(*args)
-            return True
-        except RStreamError as exc:
-            text = str(exc)
-            if text.startswith("BUSYGROUP"):
-                return False
-            if "requires the key to exist" in text:
-                raise StreamMissing(f"stream {self.o.stream!r} does not exist (make_stream=False)") from None
-            raise
+    def ensure_group(self, start_id: str, resume_after: str = "") -> GroupState:
+        """Find the group, or create it: at `start_id` on a first creation; on a re-creation
+        (`resume_after` given) after `resume_after` if the stream still holds entries up to it,
+        else from 0 (the stream is new: every entry in it is)."""
+        reply = self.link.call("EVAL", scripts.ENSURE_GROUP, 1, self.o.stream, self.o.group,
+                               start_id, int(self.o.make_stream), resume_after)
+        status, *rest = [_text(x) for x in reply]
+        if status == "missing":
+            raise StreamMissing(f"stream {self.o.stream!r} does not exist (make_stream=False)")
+        return GroupState(status, *rest)
+
+    def key_types(self) -> Dict[str, str]:
+        """The type of the stream key and the dead-letter key ("none" when absent)."""
+        keys = [k for k in (self.o.stream, self.o.dead_letter_stream) if k is not None]
+        replies = self.link.pipeline([("TYPE", k) for k in keys])
+        return {k: _text(_raise_if_error(t)) for k, t in zip(keys, replies)}
 
     # -- reading -----------------------------------------------------------------------------
     def send_read(self, batch: SettleBatch, count: int, block_ms: Optional[int]) -> int:
@@ -191,7 +190,7 @@ class StreamOps:
             flat += ["rstream-stream", o.stream, "rstream-id", message.id, "rstream-group", o.group,
                      "rstream-consumer", o.consumer_name, "rstream-attempt", message.attempt,
                      "rstream-error", error]
-            commands.append(("EVAL", DEAD_LETTER_SCRIPT, 2, o.stream, o.dead_letter_stream,
+            commands.append(("EVAL", scripts.DEAD_LETTER, 2, o.stream, o.dead_letter_stream,
                              o.group, message.id, int(o.delete_on_ack), *flat))
         return commands
 
@@ -219,6 +218,32 @@ class StreamOps:
     def heartbeat(self) -> None:
         self.link.call(*self._group_args, "COUNT", 1, "STREAMS", self.o.stream, HEARTBEAT_ID)
 
+    def beat_and_fence(self, key: str, token: str, ttl_ms: int, registered: bool) -> Any:
+        """The heartbeat and the name check in one round trip: 1 (this instance holds the
+        name), 0 (could not write it now), the token of the process that took it over, or
+        None when the ACL does not let this user use the fence key."""
+        replies = self.link.pipeline([
+            (*self._group_args, "COUNT", 1, "STREAMS", self.o.stream, HEARTBEAT_ID),
+            ("EVAL", scripts.FENCE, 1, key, token, ttl_ms, int(registered)),
+        ])
+        _raise_if_error(replies[0])
+        if isinstance(replies[1], RStreamError) and _acl_refused(replies[1]):
+            return None
+        verdict = _raise_if_error(replies[1])
+        return verdict if isinstance(verdict, int) else _text(verdict)
+
+    def leave(self, key: Optional[str], token: str) -> bool:
+        """At a clean stop: give up the name (when `key` is held) and leave the group if
+        nothing is pending for this consumer (no ghost consumers); True if it left."""
+        commands: List[Sequence[Any]] = [
+            ("EVAL", scripts.DELCONSUMER, 1, self.o.stream, self.o.group, self.o.consumer_name, 0)]
+        if key is not None:
+            commands.append(("EVAL", scripts.UNFENCE, 1, key, token))
+        replies = self.link.pipeline(commands)
+        for reply in replies[1:]:
+            _raise_if_error(reply)
+        return int(_raise_if_error(replies[0])) == 1
+
     def consumers(self) -> List[ConsumerInfo]:
         return parse_consumers(self.link.call("XINFO", "CONSUMERS", self.o.stream, self.o.group))
 
@@ -227,28 +252,44 @@ class StreamOps:
                                start, "+", count, consumer)
         return parse_pending(reply)
 
-    def claim(self, ids: Sequence[str], min_idle_ms: int, attempts: Dict[str, int]) -> Read:
-        """XCLAIM `ids` for this consumer. Entries XCLAIM drops or returns empty (deleted from
-        the stream) are not in the messages; see `owners` to tell them from lost races."""
+    def claim(self, ids: Sequence[str], min_idle_ms: int, attempts: Dict[str, int],
+              dead: Optional[str] = None) -> Optional[Read]:
+        """XCLAIM `ids` for this consumer. With `dead` (the consumer they are claimed from),
+        only while that consumer still looks dead, checked in the same script: None when it
+        is alive again. Entries XCLAIM drops or returns empty (deleted from the stream) are
+        not in the messages; see `whereabouts` to tell them from lost races."""
         if not ids:
             return [], []
-        reply = self.link.call("XCLAIM", self.o.stream, self.o.group, self.o.consumer_name,
-                               min_idle_ms, *ids)
+        if dead is None:
+            reply = self.link.call("XCLAIM", self.o.stream, self.o.group, self.o.consumer_name,
+                                   min_idle_ms, *ids)
+        else:
+            reply = self.link.call("EVAL", scripts.CLAIM_FROM_DEAD, 1, self.o.stream, self.o.group,
+                                   dead, self.o.dead_after_ms, self.o.consumer_name, min_idle_ms,
+                                   *ids)
+            if reply == -1:
+                return None
         # Redis 6.2 answers nil in place of a deleted entry; 7+ leaves it out.
         entries = [e for e in reply if e is not None]
         return hot.decode_entries(entries, self.o.stream, attempts)
 
-    def owners(self, ids: Sequence[str]) -> Dict[str, Optional[str]]:
-        """The consumer each id is pending for, or None if it is not pending any more."""
-        replies = self.link.pipeline([("XPENDING", self.o.stream, self.o.group, i, i, 1) for i in ids])
-        owners: Dict[str, Optional[str]] = {}
-        for entry_id, reply in zip(ids, replies):
-            entries = parse_pending(_raise_if_error(reply))
-            owners[entry_id] = entries[0].consumer if entries else None
-        return owners
+    def whereabouts(self, ids: Sequence[str]) -> Dict[str, Tuple[Optional[str], bool]]:
+        """For each id: the consumer it is pending for (None if it is not pending) and whether
+        the stream still has the entry. Only the stream can say an entry was deleted."""
+        commands: List[Sequence[Any]] = []
+        for i in ids:
+            commands += [("XPENDING", self.o.stream, self.o.group, i, i, 1),
+                         ("XRANGE", self.o.stream, i, i)]
+        replies = self.link.pipeline(commands)
+        found: Dict[str, Tuple[Optional[str], bool]] = {}
+        for n, entry_id in enumerate(ids):
+            entries = parse_pending(_raise_if_error(replies[2 * n]))
+            exists = bool(_raise_if_error(replies[2 * n + 1]))
+            found[entry_id] = (entries[0].consumer if entries else None, exists)
+        return found
 
     def delete_consumer_if_empty(self, consumer: str, min_idle_ms: int) -> bool:
-        reply = self.link.call("EVAL", DELCONSUMER_SCRIPT, 1, self.o.stream, self.o.group,
+        reply = self.link.call("EVAL", scripts.DELCONSUMER, 1, self.o.stream, self.o.group,
                                consumer, min_idle_ms)
         return int(reply) == 1
 
@@ -257,6 +298,16 @@ def _pack(*args: Any) -> bytes:
     """One command in RESP, packed by hiredis in C."""
     packed: bytes = hiredis.pack_command(args)
     return packed
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else str(value)
+
+
+def _acl_refused(exc: RStreamError) -> bool:
+    """The ACL refused a key or a command (inside a script, Redis says it in other words)."""
+    text = str(exc)
+    return any(sign in text for sign in ("NOPERM", "permission", "can't run this command"))
 
 
 def _raise_if_error(reply: Any) -> Any:

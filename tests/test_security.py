@@ -24,21 +24,38 @@ PASSWORD = "s3cret-Pa55word-xyzzy"
 USER = "rstream-app"
 # The commands rstream needs (docs/security.md). XADD only for the dead-letter stream, XDEL
 # only with delete_on_ack; INFO and CLIENT|SETINFO are optional (see OPTIONAL_DENIED).
-MINIMAL_COMMANDS = ("-@all +xreadgroup +xack +xpending +xclaim +xinfo|consumers +xgroup|create "
-                    "+xgroup|delconsumer +xadd +xdel +multi +exec +eval")
+MINIMAL_COMMANDS = ("-@all +xreadgroup +xack +xpending +xclaim +xinfo|consumers +xinfo|groups "
+                    "+xgroup|create +xgroup|delconsumer +xadd +xdel +xrange +type +multi +exec "
+                    "+eval")
+# The consumer-name fence key (a string): GET and SET, scoped to the fence keys by an ACL
+# selector where the server has them (Redis 7+, Valkey); Redis 6.2 can only allow them on
+# every key of the user.
+FENCE_COMMANDS = "+eval +get +set"
 # Denied without harm: rstream skips its server-version check without INFO, and redis-py
 # ignores a refused CLIENT SETINFO (the connection's library name).
 OPTIONAL_DENIED = {"info", "client|setinfo", "client"}
 
 
-def acl_rules(keys: Sequence[str], commands: str = MINIMAL_COMMANDS) -> List[str]:
-    """ACL SETUSER arguments for USER: the given keys only, no channels, `commands`."""
-    return ["on", f">{PASSWORD}", "resetkeys", *[f"~{k}" for k in keys], "resetchannels",
-            *commands.split()]
+def acl_rules(keys: Sequence[str], commands: str = MINIMAL_COMMANDS,
+              selectors: bool = True) -> List[str]:
+    """ACL SETUSER arguments for USER: the given keys and their consumer-name fence keys only,
+    no channels, `commands`, and GET/SET on the fence keys (a selector, or on 6.2 for all)."""
+    fences = [f"~rstream:fence:{{{k}}}:*" for k in keys]
+    rules = ["on", f">{PASSWORD}", "resetkeys", *[f"~{k}" for k in keys], "resetchannels",
+             *commands.split()]
+    if selectors:
+        return rules + [f"({' '.join([*fences, FENCE_COMMANDS])})"]
+    return rules + fences + FENCE_COMMANDS.split()
+
+
+def has_selectors(r: redis.Redis) -> bool:
+    """ACL selectors came with Redis 7.0 (Valkey has them)."""
+    info = r.info("server")
+    return "valkey_version" in info or int(str(info["redis_version"]).split(".")[0]) >= 7
 
 
 def make_user(r: redis.Redis, keys: Sequence[str], commands: str = MINIMAL_COMMANDS) -> None:
-    r.execute_command("ACL", "SETUSER", USER, "reset", *acl_rules(keys, commands))
+    r.execute_command("ACL", "SETUSER", USER, "reset", *acl_rules(keys, commands, has_selectors(r)))
 
 
 def user_url(server: EmbeddedServer, password: str = PASSWORD) -> str:
@@ -104,8 +121,9 @@ def test_minimal_acl_user_cannot_touch_other_keys(
     try:
         with pytest.raises(redis.exceptions.NoPermissionError):
             app.xadd("another-stream", {"a": 1})
-        with pytest.raises(redis.exceptions.NoPermissionError):
-            app.get(stream_names.stream)
+        if has_selectors(r):  # on 6.2, GET and SET (for the fence keys) cover every key
+            with pytest.raises(redis.exceptions.NoPermissionError):
+                app.get(stream_names.stream)
         with pytest.raises(redis.exceptions.NoPermissionError):
             app.flushall()
     finally:
@@ -291,7 +309,7 @@ def test_no_password_in_any_log_line(
     """Every log line of a run with a password URL, an outage, a password change and the
     resulting fatal error is free of the password (and so are errors and reprs)."""
     caplog.set_level(logging.DEBUG)  # everything, from every logger (rstream, redis-py, ...)
-    user_line = ["--user", USER, *acl_rules(["*"], "+@all")]
+    user_line = ["--user", USER, *acl_rules(["*"], "+@all", selectors=False)]
     with EmbeddedServer(find_server_binary(), appendonly=True, args=user_line) as server:
         r = server.client()  # the default user: it survives the password change below
         url = user_url(server)
