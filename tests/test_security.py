@@ -37,15 +37,17 @@ OPTIONAL_DENIED = {"info", "client|setinfo", "client"}
 
 
 def acl_rules(keys: Sequence[str], commands: str = MINIMAL_COMMANDS,
-              selectors: bool = True) -> List[str]:
+              selectors: bool = True, fences: bool = True) -> List[str]:
     """ACL SETUSER arguments for USER: the given keys and their consumer-name fence keys only,
     no channels, `commands`, and GET/SET on the fence keys (a selector, or on 6.2 for all)."""
-    fences = [f"~rstream:fence:{{{k}}}:*" for k in keys]
+    fence_keys = [f"~rstream:fence:{{{k}}}:*" for k in keys]
     rules = ["on", f">{PASSWORD}", "resetkeys", *[f"~{k}" for k in keys], "resetchannels",
              *commands.split()]
+    if not fences:
+        return rules
     if selectors:
-        return rules + [f"({' '.join([*fences, FENCE_COMMANDS])})"]
-    return rules + fences + FENCE_COMMANDS.split()
+        return rules + [f"({' '.join([*fence_keys, FENCE_COMMANDS])})"]
+    return rules + fence_keys + FENCE_COMMANDS.split()
 
 
 def has_selectors(r: redis.Redis) -> bool:
@@ -309,7 +311,7 @@ def test_no_password_in_any_log_line(
     """Every log line of a run with a password URL, an outage, a password change and the
     resulting fatal error is free of the password (and so are errors and reprs)."""
     caplog.set_level(logging.DEBUG)  # everything, from every logger (rstream, redis-py, ...)
-    user_line = ["--user", USER, *acl_rules(["*"], "+@all", selectors=False)]
+    user_line = ["--user", USER, *acl_rules(["*"], "+@all", fences=False)]
     with EmbeddedServer(find_server_binary(), appendonly=True, args=user_line) as server:
         r = server.client()  # the default user: it survives the password change below
         url = user_url(server)
