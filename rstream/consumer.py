@@ -244,7 +244,7 @@ class Consumer:
                        if state.reason == "resumed" else "at 0: the stream is new")
                 log.warning("rstream: consumer group %r on %r was missing and has been created "
                             "again %s (%s)", o.group, o.stream, why, state.position)
-            elif state.reason == "new" and not at_start:
+            elif self._stream_was_missing:
                 log.info("rstream: stream %r appeared; consumer group %r created at 0, so its "
                          "first entries are delivered", o.stream, o.group)
         elif not self._reader.last_seen:

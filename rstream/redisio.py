@@ -152,16 +152,10 @@ class StreamOps:
         """One page of this consumer's pending entries after `after`, with real attempts;
         returns the read and the id to continue after (unchanged when the page was empty)."""
         start = "-" if after == "0" else "(" + after
-        replies = self.link.pipeline([
-            ("MULTI",),
-            ("XPENDING", self.o.stream, self.o.group, start, "+", count, self.o.consumer_name),
-            (*self._group_args, "COUNT", count, "STREAMS", self.o.stream, after),
-            ("EXEC",),
-        ])
-        for reply in replies[:3]:
-            _raise_if_error(reply)
-        pending_reply, read_reply = _raise_if_error(replies[3])
-        pending = parse_pending(_raise_if_error(pending_reply))
+        pending_reply, read_reply = self.link.call(
+            "EVAL", scripts.REPLAY_PAGE, 1, self.o.stream, self.o.group, self.o.consumer_name,
+            start, after, count)
+        pending = parse_pending(pending_reply)
         attempts = {e.id: e.deliveries + 1 for e in pending}
         read = self._decode(_raise_if_error(read_reply), attempts)
         return read, pending[-1].id if pending else after

@@ -65,6 +65,16 @@ redis.call('XGROUP', 'CREATE', KEYS[1], ARGV[1], start)
 return {'created', last_delivered(redis.call('XINFO', 'GROUPS', KEYS[1])), reason}
 """
 
+# KEYS: stream. ARGV: group, me, XPENDING start, XREADGROUP after, count. One page of this
+# consumer's own pending entries with the delivery count each had before this read. A script,
+# not MULTI/EXEC: a server at maxmemory refuses to queue commands in MULTI, but runs this.
+REPLAY_PAGE = """
+local pending = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], '+', ARGV[5], ARGV[2])
+local read = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', ARGV[5],
+                        'STREAMS', KEYS[1], ARGV[4])
+return {pending, read}
+"""
+
 # KEYS: fence key. ARGV: this instance's token, ttl ms, registered ('1' once this instance has
 # held the name). Returns 1 (held), 0 (not writable now, e.g. maxmemory: try again next beat)
 # or the token of the instance that took the name over since (this one is fenced).
