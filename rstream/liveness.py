@@ -1,11 +1,14 @@
-"""The heartbeat and reaper threads' steps (SPEC section 5).
+"""The heartbeat and reaper threads' steps.
 
 Heartbeat: a history read past the last possible id returns nothing but resets this consumer's
-idle time in XINFO CONSUMERS, so liveness is kept by the server's clock with no extra keys.
+idle time in XINFO CONSUMERS, so liveness is kept by the server's clock. With it goes the name
+check (`NameFence`): a second live process under this consumer's name fences the older one.
 
 Reaper: every heartbeat interval (sooner when another consumer is about to cross the dead
 threshold), (1) claims the pending entries of consumers idle longer than
-`heartbeat_interval * allowed_missed_heartbeats`, page by page, (2) removes such consumers once
+`heartbeat_interval * allowed_missed_heartbeats`, page by page, each page only while its owner
+still looks dead (checked in the claiming script), and never from a look at XINFO CONSUMERS
+that a stall inflated (`failover.verdicts_stale`), (2) removes such consumers once
 their pending lists are empty (atomically, by script), and (3) re-delivers this consumer's own
 strays: entries pending for it that it does not hold (a read whose reply was lost, an entry put
 in its pending list by another client).

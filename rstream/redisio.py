@@ -1,26 +1,36 @@
 """Every Redis command rstream sends, built and checked here and nowhere else. It decides nothing.
 
-Keys: the stream (`stream`), and the dead-letter stream (`dead_letter_stream`) when configured.
-In Redis Cluster both must hash to one slot (use a hash tag, e.g. ``{orders}`` and ``{orders}:dlq``).
+Keys: the stream (`stream`), the dead-letter stream (`dead_letter_stream`) when configured, and
+one string per consumer name, ``rstream:fence:{<stream>}:<group>:<consumer>``, that says which
+process holds the name (see `fence_key`). In Redis Cluster all must hash to one slot: the fence
+key takes the stream's hash tag; give the dead-letter stream the same one (``{orders}``,
+``{orders}:dlq``).
 
-Commands (S = stream, G = group, ME = consumer_name, D = dead-letter stream):
+Commands (S = stream, G = group, ME = consumer_name, D = dead-letter stream, F = fence key);
+the scripts are in `rstream.scripts`, with the commands each calls:
 - ``INFO server`` — server name and version at start (skipped if the ACL forbids it).
-- ``XGROUP CREATE S G <group_start_id> [MKSTREAM]`` — at start and after NOGROUP; BUSYGROUP is success.
-- ``XREADGROUP GROUP G ME COUNT n BLOCK ms STREAMS S >`` — new entries (reader).
-- ``MULTI / XPENDING S G <start> + n ME / XREADGROUP GROUP G ME COUNT n STREAMS S <after> / EXEC``
-  — one page of this consumer's own pending entries with their delivery counts (replay at start).
+- ``TYPE S``, ``TYPE D`` — at start, so a key of another type is named in the error (optional).
+- ``EVAL <ensure-group> 1 S G <start-id> <mkstream> <resume-after>`` — find or create the group
+  (``XINFO GROUPS``, ``XRANGE``, ``XGROUP CREATE [MKSTREAM]``), at start and after NOGROUP.
+- ``XREADGROUP GROUP G ME COUNT n [BLOCK ms] STREAMS S >`` — new entries (reader).
+- ``EVAL <replay-page> 1 S G ME <start> <after> n`` — one page of this consumer's own pending
+  entries with their delivery counts (``XPENDING``, ``XREADGROUP``): replay at start.
 - ``XACK S G id...`` — settle; with `delete_on_ack`: ``MULTI / XACK S G id... / XDEL S id... / EXEC``.
-- ``EVAL <dead-letter script> 2 S D G id del field value...`` — if the entry is still pending
-  (XPENDING), XADD it to D, then XACK (and XDEL with `delete_on_ack`), atomically and idempotently.
-- ``XREADGROUP GROUP G ME COUNT 1 STREAMS S 18446744073709551615`` — the heartbeat: returns nothing,
-  resets ME's idle in XINFO CONSUMERS.
+- ``EVAL <dead-letter> 2 S D G id del field value...`` — if the entry is still pending
+  (``XPENDING``), ``XADD`` it to D, then ``XACK`` (and ``XDEL`` with `delete_on_ack`), atomically.
+- ``XREADGROUP GROUP G ME COUNT 1 STREAMS S 18446744073709551615`` with
+  ``EVAL <fence> 1 F <token> <ttl> <held>`` — the heartbeat (returns nothing, resets ME's idle in
+  XINFO CONSUMERS) and the name check (``GET``, ``SET F token PX ttl``), in one round trip.
 - ``XINFO CONSUMERS S G`` — liveness of the other consumers (reaper).
 - ``XPENDING S G IDLE ms <start> + n <consumer>`` — a dead consumer's entries, or this consumer's strays.
-- ``XCLAIM S G ME <min-idle> id...`` — take entries over (never sent with no ids); also re-delivers
-  this consumer's own retries.
-- ``XPENDING S G id id 1`` — who holds an id XCLAIM did not return (deleted, or claimed elsewhere).
-- ``EVAL <delconsumer script> 1 S G <consumer> <min-idle>`` — XGROUP DELCONSUMER only if the consumer
-  has no pending entries and is still idle, checked and done atomically.
+- ``EVAL <claim-from-dead> 1 S G <dead> <dead-after> ME <min-idle> id...`` — ``XCLAIM`` only while
+  the owner still looks dead (``XINFO CONSUMERS``).
+- ``XCLAIM S G ME <min-idle> id...`` — this consumer's own retries and strays (never with no ids).
+- ``XPENDING S G id id 1`` and ``XRANGE S id id`` — who holds an id XCLAIM did not return, and
+  whether the stream still has it (only the stream can say an entry was deleted).
+- ``EVAL <delconsumer> 1 S G <consumer> <min-idle>`` — ``XGROUP DELCONSUMER`` only if the consumer
+  has no pending entries and is still idle, checked and done atomically; at a clean stop, for ME,
+  with ``EVAL <unfence> 1 F <token>`` (``GET``, ``SET``) to give the name up.
 """
 from __future__ import annotations
 
