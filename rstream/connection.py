@@ -2,22 +2,30 @@
 
 Each thread role (reader, acker, heartbeat, reaper) owns one `Link`: a single redis-py
 `Connection` used by that thread only, so a blocking read never holds up acks or heartbeats.
-Links are made from the user's `redis` option (URL, kwargs dict or client instance) with three
-things pinned: RESP2 (redis-py 8 defaults to RESP3, whose stream replies are maps), a socket
-timeout that fits the blocking read, and hiredis as the reply parser.
+Links are made like the user's client makes its own (`rstream.clients`: URL, kwargs dict,
+`redis.Redis`, `RedisCluster` node, Sentinel-managed master) with three things pinned: RESP2
+(redis-py 8 defaults to RESP3, whose stream replies are maps), a socket timeout that fits the
+blocking read, and hiredis as the reply parser. A link connects through the connection's own
+`connect()`, never implicitly on first send: redis-py's implicit connect skips the master lookup
+of Sentinel-managed connections and would reach localhost:6379 instead.
 """
 from __future__ import annotations
 
 import socket
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Type, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import redis
 import redis.exceptions as rex
 from redis.backoff import NoBackoff
+from redis.connection import AbstractConnection
 from redis.retry import Retry
 
-from .errors import ConfigError, FatalRedisError, GroupMissing, RedisUnavailable, RStreamError
+from .clients import recipe_for
+# Re-exported: the consumer takes everything about connections from this module.
+from .clients import check_same_slot as check_same_slot
+from .clients import client_from_option as client_from_option
+from .errors import FatalRedisError, GroupMissing, RedisUnavailable, RStreamError
 
 # Longest wait for any non-blocking reply; a black-holed server is detected after this.
 IO_TIMEOUT_S = 10.0
@@ -40,44 +48,13 @@ _TRANSIENT_PREFIXES = ("LOADING", "BUSY ", "MASTERDOWN", "READONLY", "TRYAGAIN",
 Command = Sequence[Any]
 
 
-def client_from_option(value: Any) -> Any:
-    """Turn the `redis` option (URL, kwargs dict, or client) into a redis-py client."""
-    if isinstance(value, str):
-        if not value.startswith(("redis://", "rediss://", "unix://")):
-            raise ConfigError("redis must be a URL starting with redis://, rediss:// or unix://, "
-                              f"got {_redact(value)!r}")
-        return redis.Redis.from_url(value)
-    if isinstance(value, dict):
-        try:
-            return redis.Redis(**value)
-        except TypeError as exc:
-            raise ConfigError(f"redis kwargs not accepted by redis.Redis: {exc}") from None
-    if isinstance(value, redis.Redis):
-        return value
-    cluster_cls = getattr(redis, "RedisCluster", None)
-    if cluster_cls is not None and isinstance(value, cluster_cls):
-        return value
-    raise ConfigError("redis must be a URL, a dict of redis.Redis keyword arguments or a "
-                      f"redis.Redis/RedisCluster instance, got {type(value).__name__}")
-
-
-def _redact(url: str) -> str:
-    """A URL without its password, for messages and logs."""
-    scheme, sep, rest = url.partition("://")
-    creds, at, host = rest.rpartition("@")
-    if not sep or not at:
-        return url
-    user = creds.partition(":")[0]
-    return f"{scheme}://{user}:***@{host}" if ":" in creds else url
-
-
 class ConnectionFactory:
-    """Makes rstream's own connections to the node that holds the stream."""
+    """Makes rstream's own connections to the server the client reaches for the stream."""
 
     def __init__(self, client: Any, stream: str) -> None:
-        pool = _pool_for(client, stream)
-        self._cls: Type[redis.Connection] = pool.connection_class
-        kwargs: Dict[str, Any] = dict(pool.connection_kwargs)
+        recipe = recipe_for(client, stream)
+        self._cls = recipe.connection_class
+        kwargs = recipe.kwargs
         for key in _PINNED:
             kwargs.pop(key, None)
         self.decode_responses = bool(kwargs.get("decode_responses", False))
@@ -86,49 +63,27 @@ class ConnectionFactory:
         if kwargs.get("encoding_errors", "strict") == "strict":
             kwargs["encoding_errors"] = "surrogateescape"
         self._kwargs = kwargs
+        self._where = recipe.where
 
     def make(self, role: str, read_timeout_s: float = IO_TIMEOUT_S,
              read_size: int = 65536) -> "Link":
-        conn = self._cls(
-            **self._kwargs,
+        pinned: Dict[str, Any] = dict(
             protocol=2,
             socket_timeout=read_timeout_s,
             socket_connect_timeout=CONNECT_TIMEOUT_S,
-            socket_keepalive=True,
             socket_read_size=read_size,
             retry_on_timeout=False,
             # rstream retries with its own backoff; redis-py's would retry a failed AUTH for seconds.
             retry=Retry(NoBackoff(), 0),
             health_check_interval=0,
         )
-        return Link(conn, role)
+        if issubclass(self._cls, redis.Connection):  # TCP only: a unix socket refuses the option
+            pinned["socket_keepalive"] = True
+        return Link(self._cls(**self._kwargs, **pinned), role)
 
     def describe(self) -> str:
-        """host:port (never credentials), for log lines."""
-        host = self._kwargs.get("host") or self._kwargs.get("path") or "?"
-        port = self._kwargs.get("port")
-        return f"{host}:{port}" if port else str(host)
-
-
-def check_same_slot(client: Any, stream: str, dead_letter_stream: Optional[str]) -> None:
-    """In Redis Cluster the dead letter is written and the entry acked in one script, which
-    needs both keys in one hash slot: say so when the Consumer is built, not on the first
-    poison message."""
-    if dead_letter_stream is None or not hasattr(client, "keyslot"):
-        return
-    if client.keyslot(stream) != client.keyslot(dead_letter_stream):
-        raise ConfigError(
-            f"dead_letter_stream {dead_letter_stream!r} must hash to the same Redis Cluster slot as "
-            f"stream {stream!r}: give both the same hash tag, e.g. '{{orders}}' and '{{orders}}:dlq'")
-
-
-def _pool_for(client: Any, stream: str) -> Any:
-    if hasattr(client, "get_node_from_key"):  # RedisCluster: the node that owns the stream's slot
-        node = client.get_node_from_key(stream)
-        if node.redis_connection is None:
-            client.get_redis_connection(node)
-        return node.redis_connection.connection_pool
-    return client.connection_pool
+        """host:port, socket path or Sentinel service (never credentials), for log lines."""
+        return self._where
 
 
 class Link:
@@ -140,7 +95,7 @@ class Link:
     (Redis 6.2 times it out as usual when its stream is deleted meanwhile).
     """
 
-    def __init__(self, conn: redis.Connection, role: str) -> None:
+    def __init__(self, conn: AbstractConnection, role: str) -> None:
         self._conn: Any = conn  # redis-py's Connection methods are untyped
         self.role = role
         self.ok_at = 0.0
@@ -172,14 +127,23 @@ class Link:
         if now - self.ok_at > STALE_AFTER_S:
             self._drop_if_stale()  # a syscall: only for a link that sat idle, not per hot read
         self._sent_at = now
+        if self._conn._sock is None:
+            self._connect()
         try:
             # send_packed_command iterates its argument: bytes must go in a list, not bare.
             payload = [commands] if isinstance(commands, bytes) else self._conn.pack_commands(commands)
             self._conn.send_packed_command(payload, check_health=False)
-        except (rex.ConnectionError, rex.TimeoutError, OSError) as exc:
+        except (rex.RedisError, OSError) as exc:
             self._conn.disconnect()
             raise translate(exc) from None
-        except rex.RedisError as exc:  # AUTH/HELLO failures surface here on connect
+
+    def _connect(self) -> None:
+        """Open the connection with its own `connect()`, which is where a Sentinel-managed
+        connection asks for the current master: the implicit connect of `send_packed_command`
+        skips that and goes to the default localhost:6379."""
+        try:
+            self._conn.connect()
+        except (rex.RedisError, OSError) as exc:  # AUTH/HELLO failures surface here too
             self._conn.disconnect()
             raise translate(exc) from None
 
