@@ -1,4 +1,4 @@
-"""Connections rstream makes for itself, and translation of redis-py errors.
+"""Connections rstream makes for itself.
 
 Each thread role (reader, acker, heartbeat, reaper) owns one `Link`: a single redis-py
 `Connection` used by that thread only, so a blocking read never holds up acks or heartbeats.
@@ -7,7 +7,8 @@ Links are made like the user's client makes its own (`rstream.clients`: URL, kwa
 (redis-py 8 defaults to RESP3, whose stream replies are maps), a socket timeout that fits the
 blocking read, and hiredis as the reply parser. A link connects through the connection's own
 `connect()`, never implicitly on first send: redis-py's implicit connect skips the master lookup
-of Sentinel-managed connections and would reach localhost:6379 instead.
+of Sentinel-managed connections and would reach localhost:6379 instead. Errors come out of a
+link translated to rstream's tree (`rstream.faults`).
 """
 from __future__ import annotations
 
@@ -22,10 +23,11 @@ from redis.connection import AbstractConnection
 from redis.retry import Retry
 
 from .clients import recipe_for
-# Re-exported: the consumer takes everything about connections from this module.
+# Re-exported: the consumer and redisio take everything about connections from this module.
 from .clients import check_same_slot as check_same_slot
 from .clients import client_from_option as client_from_option
-from .errors import FatalRedisError, GroupMissing, RedisUnavailable, RStreamError
+from .errors import RedisUnavailable, RStreamError
+from .faults import translate as translate
 
 # Longest wait for any non-blocking reply; a black-holed server is detected after this.
 IO_TIMEOUT_S = 10.0
@@ -37,13 +39,6 @@ READER_READ_SIZE = 1 << 20
 # Keys of a pool's connection_kwargs that rstream sets itself.
 _PINNED = ("protocol", "socket_timeout", "socket_connect_timeout", "retry", "retry_on_error",
            "retry_on_timeout", "health_check_interval", "socket_read_size", "socket_keepalive")
-_FATAL_PREFIXES = ("WRONGTYPE", "NOPERM", "NOAUTH", "WRONGPASS", "ERR unknown command",
-                   "ERR unknown subcommand", "NOSCRIPT", "CROSSSLOT")
-# XINFO's answer when the stream is gone: the same fault as NOGROUP, the same cure.
-_NO_SUCH_KEY = ("no such key", "ERR no such key")
-# UNBLOCKED: CLIENT UNBLOCK ... ERROR woke a blocked read; reading again is the answer.
-_TRANSIENT_PREFIXES = ("LOADING", "BUSY ", "MASTERDOWN", "READONLY", "TRYAGAIN", "CLUSTERDOWN",
-                       "MOVED", "ASK ", "UNBLOCKED")
 
 Command = Sequence[Any]
 
@@ -201,34 +196,6 @@ class Link:
 
     def close(self) -> None:
         self._conn.disconnect()
-
-
-def translate(exc: BaseException) -> RStreamError:
-    """Map a redis-py error onto rstream's exception tree (the text never holds a password)."""
-    text = str(exc)
-    if isinstance(exc, (rex.AuthenticationError, rex.AuthorizationError)):
-        return FatalRedisError(f"authentication failed: {text}")
-    if isinstance(exc, rex.NoPermissionError):
-        return FatalRedisError(f"ACL permission missing: {text}")
-    if isinstance(exc, (rex.ConnectionError, rex.TimeoutError, OSError)):
-        if "invalid password" in text.lower() or "WRONGPASS" in text or "NOAUTH" in text:
-            return FatalRedisError(f"authentication failed: {text}")
-        if "certificate verify failed" in text.lower() or "ssl" in type(exc).__name__.lower():
-            return FatalRedisError(f"TLS handshake failed: {text}")
-        return RedisUnavailable(text or type(exc).__name__)
-    if text.startswith("NOGROUP") or text in _NO_SUCH_KEY or _stream_gone_while_blocked(text):
-        return GroupMissing(text)
-    if text.startswith(_TRANSIENT_PREFIXES):
-        return RedisUnavailable(text)
-    if text.startswith(_FATAL_PREFIXES):
-        return FatalRedisError(text)
-    return RStreamError(text)
-
-
-def _stream_gone_while_blocked(text: str) -> bool:
-    # Redis 7.0 ends a blocked XREADGROUP whose stream was deleted with this error, where
-    # Redis 6.2 times the read out and Valkey answers NOGROUP.
-    return text.startswith("UNBLOCKED") and "no longer exists" in text
 
 
 def server_version(info: Any) -> Tuple[str, Tuple[int, ...]]:

@@ -1,4 +1,4 @@
-"""rstream's exception tree. Translation from redis-py errors happens in `rstream.redisio`."""
+"""rstream's exception tree. Translation from redis-py errors happens in `rstream.connection`."""
 from __future__ import annotations
 
 
@@ -14,6 +14,14 @@ class RedisUnavailable(RStreamError):
     """The server cannot be reached right now (connection refused, reset, timed out).
 
     Transient: rstream retries with backoff and never raises it to the user from `run()`.
+    """
+
+
+class RedisOutOfMemory(RedisUnavailable):
+    """OOM: the server refuses commands that need memory (``maxmemory`` reached under the
+    ``noeviction`` policy).
+
+    Transient, like an outage: it ends when memory is freed, and rstream retries with backoff.
     """
 
 
