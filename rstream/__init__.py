@@ -13,12 +13,12 @@ retries, dead-lettering and a thread-pool dispatcher for your handler::
 """
 from .consumer import Consumer
 from .errors import (ConfigError, FatalRedisError, GroupMissing, RedisOutOfMemory, RedisUnavailable,
-                     RStreamError, StreamMissing)
+                     RStreamError, StreamMissing, TLSConfigError)
 from .message import Message
 from .stats import Stats
 
 __version__ = "0.1.0"
 
 __all__ = ["Consumer", "Message", "Stats", "RStreamError", "ConfigError", "FatalRedisError",
-           "RedisUnavailable", "RedisOutOfMemory", "GroupMissing", "StreamMissing",
+           "RedisUnavailable", "RedisOutOfMemory", "GroupMissing", "StreamMissing", "TLSConfigError",
            "__version__"]

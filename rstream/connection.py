@@ -22,6 +22,7 @@ from redis.backoff import NoBackoff
 from redis.connection import AbstractConnection
 from redis.retry import Retry
 
+from . import tls
 from .clients import recipe_for
 # Re-exported: the consumer and redisio take everything about connections from this module.
 from .clients import check_same_slot as check_same_slot
@@ -41,6 +42,7 @@ _PINNED = ("protocol", "socket_timeout", "socket_connect_timeout", "retry", "ret
            "retry_on_timeout", "health_check_interval", "socket_read_size", "socket_keepalive")
 
 Command = Sequence[Any]
+Timeout = Optional[float]
 
 
 class ConnectionFactory:
@@ -96,6 +98,7 @@ class Link:
         self.ok_at = 0.0
         self._sent_at = 0.0
         self._aborted = False
+        self._tls_tried = False
 
     def call(self, *args: Any) -> Any:
         """Send one command and return its reply (an error reply raises)."""
@@ -136,11 +139,25 @@ class Link:
         """Open the connection with its own `connect()`, which is where a Sentinel-managed
         connection asks for the current master: the implicit connect of `send_packed_command`
         skips that and goes to the default localhost:6379."""
+        conn = self._conn
+        first_tls = tls.is_tls(conn) and not self._tls_tried
+        read_s = conn.socket_timeout
+        if first_tls:
+            # A plain server behind rediss:// never answers the handshake (see rstream.tls):
+            # the first one waits briefly, so that start() can tell so in about a second.
+            self._tls_tried = True
+            short = tls.FIRST_HANDSHAKE_TIMEOUT_S
+            _set_timeouts(conn, short if read_s is None else min(read_s, short),
+                          conn.socket_connect_timeout)
         try:
-            self._conn.connect()
+            conn.connect()
         except (rex.RedisError, OSError) as exc:  # AUTH/HELLO failures surface here too
-            self._conn.disconnect()
-            raise translate(exc) from None
+            conn.disconnect()
+            problem = tls.diagnose(conn, exc, tls.PROBE_TIMEOUT_S)
+            raise (problem or translate(exc)) from None
+        finally:
+            if first_tls:
+                _set_timeouts(conn, read_s, conn.socket_connect_timeout)
 
     def _drop_if_stale(self) -> None:
         """Reconnect, rather than fail, when the server closed this idle connection (it was
@@ -196,6 +213,23 @@ class Link:
 
     def close(self) -> None:
         self._conn.disconnect()
+
+
+def _set_timeouts(conn: Any, read_s: Timeout, connect_s: Timeout) -> None:
+    """Set a connection's timeouts, on its live socket too."""
+    conn.socket_timeout = read_s
+    conn.socket_connect_timeout = connect_s
+    sock: Optional[socket.socket] = conn._sock
+    if sock is not None:
+        sock.settimeout(read_s)
+    # redis-py's parsers keep the timeout they saw at connect and put it back on the socket
+    # after a timed poll: they must keep this one.
+    parser: Any = getattr(conn, "_parser", None)
+    if hasattr(parser, "_socket_timeout"):
+        parser._socket_timeout = read_s
+    buffer: Any = getattr(parser, "_buffer", None)
+    if hasattr(buffer, "socket_timeout"):
+        buffer.socket_timeout = read_s
 
 
 def server_version(info: Any) -> Tuple[str, Tuple[int, ...]]:

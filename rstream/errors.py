@@ -37,5 +37,12 @@ class FatalRedisError(RStreamError):
     unsupported server. `start()`/`run()` raise it."""
 
 
+class TLSConfigError(ConfigError, FatalRedisError):
+    """TLS cannot work as configured: a CA, certificate or key file is missing or unreadable, the
+    handshake was refused (certificate not trusted, no common protocol), or the server does not
+    speak TLS on that port. Waiting cannot fix it, so it is both a `ConfigError` and a
+    `FatalRedisError`: `start()` raises it, a running consumer stops with it."""
+
+
 class StreamMissing(RStreamError):
     """The stream does not exist and ``make_stream`` is False: rstream waits for it."""

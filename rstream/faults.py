@@ -7,11 +7,14 @@ password: redis-py's messages name hosts and ports, not credentials.
 """
 from __future__ import annotations
 
+import ssl
 from typing import Tuple, Type
 
 import redis.exceptions as rex
 
-from .errors import FatalRedisError, GroupMissing, RedisOutOfMemory, RedisUnavailable, RStreamError
+from . import tls
+from .errors import (FatalRedisError, GroupMissing, RedisOutOfMemory, RedisUnavailable, RStreamError,
+                     TLSConfigError)
 
 _FATAL_PREFIXES = ("WRONGTYPE", "NOPERM", "NOAUTH", "WRONGPASS", "ERR unknown command",
                    "ERR unknown subcommand", "NOSCRIPT", "CROSSSLOT")
@@ -51,8 +54,10 @@ def translate(exc: BaseException) -> RStreamError:
     if isinstance(exc, (rex.ConnectionError, rex.TimeoutError, OSError)):
         if "invalid password" in text.lower() or "WRONGPASS" in text or "NOAUTH" in text:
             return FatalRedisError(f"authentication failed: {text}")
-        if "certificate verify failed" in text.lower() or "ssl" in type(exc).__name__.lower():
-            return FatalRedisError(f"TLS handshake failed: {text}")
+        if isinstance(tls.handshake_refusal(exc), ssl.SSLCertVerificationError):
+            # Only from a handshake (Link._connect says more); other SSL errors mid-stream
+            # are a broken connection like any other.
+            return TLSConfigError(f"TLS handshake failed: {text}")
         return RedisUnavailable(text or type(exc).__name__)
     if text.startswith("NOGROUP") or text in _NO_SUCH_KEY or _stream_gone_while_blocked(text):
         return GroupMissing(text)

@@ -7,7 +7,8 @@ round and returns how long to wait before the next one. Faults are handled here:
   end once at INFO;
 - NOGROUP: the group is created again (the thread's `recover`), logged, and the loop goes on;
 - stream missing with make_stream=False: wait with backoff until it exists;
-- fatal errors (wrong type, auth, ACL): reported to the owner, which stops the consumer.
+- fatal errors (wrong type, auth, ACL, TLS misconfiguration) and any `ConfigError`: reported to
+  the owner, which stops the consumer.
 """
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ from typing import Callable, Optional
 
 from .backoff import Backoff
 from .connection import Link
-from .errors import FatalRedisError, GroupMissing, RedisOutOfMemory, RedisUnavailable, StreamMissing
+from .errors import (ConfigError, FatalRedisError, GroupMissing, RedisOutOfMemory, RedisUnavailable,
+                     StreamMissing)
 from .stats import Counters
 
 log = logging.getLogger("rstream")
@@ -149,6 +151,11 @@ class Loop:
                 wait, backoff = backoff.delay(), backoff.failed()
             except FatalRedisError as exc:
                 self._on_fatal(exc)
+                return
+            except ConfigError as exc:  # the link's configuration cannot work: retrying won't help
+                fatal = FatalRedisError(str(exc))
+                fatal.__cause__ = exc
+                self._on_fatal(fatal)
                 return
             except Exception:  # a bug in rstream: log it, back off, never crash-loop silently
                 log.exception("rstream: unexpected error in %s", self.name)

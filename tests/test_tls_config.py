@@ -1,19 +1,126 @@
-"""Faults that are not outages: an OOM refusal is transient (and logged as what it is), and
-error replies whose code redis-py cuts off are told apart by class.
+"""Faults that are not outages: TLS misconfiguration is a ConfigError raised from start() (or
+stopping a running consumer), and an OOM refusal is transient.
 """
 from __future__ import annotations
 
 import logging
+import shutil
+import threading
+import time
+from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 import redis.exceptions as rex
 
+import rstream
+from faultkit import FAULT_DEFAULTS, Recorder, publish, rstream_threads
+from helpers import unique_name, wait_until
 from rstream.connection import ConnectionFactory, translate
 from rstream.embedded import EmbeddedServer
-from rstream.errors import FatalRedisError, RedisOutOfMemory, RedisUnavailable
+from rstream.errors import (ConfigError, FatalRedisError, RedisOutOfMemory, RedisUnavailable,
+                            TLSConfigError)
 from rstream.stats import Counters
-from rstream.supervise import Health
+from rstream.supervise import Health, Loop
+from tlskit import Certs, TlsServer, certs, tls_server  # noqa: F401 - fixtures
+
+PASSWORD = "s3cret-tls-pw"
+START_BOUND_S = 5.0  # a correctness bound on a failing start(), not a benchmark
+
+
+def _consumer(redis_option: Any, **options: Any) -> rstream.Consumer:
+    return rstream.Consumer(redis_option, unique_name("tls"), "g", "c1", **{**FAULT_DEFAULTS, **options})
+
+
+# -- TLS misconfiguration: a ConfigError from start() -------------------------------------------
+def test_rediss_to_a_plain_port_fails_start_with_config_error_at_once(
+        redis_server: EmbeddedServer) -> None:
+    """rediss:// to a server without TLS: start() raises a ConfigError naming TLS and the
+    address (not the password) within seconds, and leaves no thread running."""
+    before = set(threading.enumerate())
+    consumer = _consumer(f"rediss://:{PASSWORD}@127.0.0.1:{redis_server.port}/0")
+    started = time.monotonic()
+    with pytest.raises(ConfigError) as raised:
+        consumer.start(Recorder())
+    elapsed = time.monotonic() - started
+    print(f"rediss:// to a plain port failed start() after {elapsed:.3f} s: {raised.value}")
+    assert elapsed < START_BOUND_S
+    message = str(raised.value)
+    assert "TLS" in message and f"127.0.0.1:{redis_server.port}" in message
+    assert PASSWORD not in message
+    # Both a ConfigError and a FatalRedisError: what a running consumer stops with too.
+    assert isinstance(raised.value, TLSConfigError) and isinstance(raised.value, FatalRedisError)
+    assert not rstream_threads(before)
+
+
+@pytest.mark.parametrize("missing", ["ssl_ca_certs", "ssl_certfile", "ssl_keyfile"])
+def test_missing_tls_file_fails_start_naming_it(
+        redis_server: EmbeddedServer, certs: Certs, tmp_path: Path, missing: str) -> None:
+    """A CA, certificate or key file that does not exist: start() raises a ConfigError naming
+    the file, rather than retrying it as an outage. (The files are read before any handshake,
+    so any server will do.)"""
+    files = dict(ssl_ca_certs=str(certs.ca), ssl_certfile=str(certs.cert), ssl_keyfile=str(certs.key))
+    files[missing] = str(tmp_path / "nowhere" / f"{missing}.pem")
+    consumer = _consumer(dict(host="127.0.0.1", port=redis_server.port, ssl=True, **files))
+    with pytest.raises(ConfigError, match="not found") as raised:
+        consumer.start(Recorder())
+    assert files[missing] in str(raised.value)
+
+
+def test_unreadable_ca_file_fails_start_naming_it(redis_server: EmbeddedServer, tmp_path: Path) -> None:
+    """A CA "file" that cannot be read (here a directory: root reads any file) is a ConfigError
+    naming it and why."""
+    consumer = _consumer(f"rediss://127.0.0.1:{redis_server.port}/0?ssl_ca_certs={tmp_path}")
+    with pytest.raises(ConfigError, match="cannot be read") as raised:
+        consumer.start(Recorder())
+    assert str(tmp_path) in str(raised.value)
+
+
+def test_ca_file_removed_under_a_running_consumer_stops_it(
+        tls_server: TlsServer, certs: Certs, tmp_path: Path) -> None:
+    """The CA file disappears while a TLS consumer runs: its next reconnect fails, and the
+    consumer stops with a ConfigError naming the file instead of retrying for ever."""
+    before = set(threading.enumerate())
+    ca = tmp_path / "ca.pem"
+    shutil.copy(certs.ca, ca)
+    consumer = _consumer(tls_server.url(ca))
+    rec = Recorder()
+    r = tls_server.server.client()  # the plain port, behind rstream's back
+    try:
+        consumer.start(rec)
+        ids = publish(r, consumer.options.stream, 5)
+        wait_until(lambda: rec.has_all(ids), 20, message="not consumed over TLS")
+        ca.unlink()
+        r.client_kill_filter(_type="normal", skipme=True)
+        wait_until(lambda: consumer.error is not None, 20, message="the consumer kept retrying")
+    finally:
+        consumer.stop(5)
+        r.close()
+    assert isinstance(consumer.error, ConfigError) and str(ca) in str(consumer.error)
+    wait_until(lambda: not rstream_threads(before), 5, message="rstream threads left running")
+
+
+def test_a_config_error_from_a_step_stops_its_loop() -> None:
+    """A ConfigError raised by a thread's step is fatal: the owner is told (as a
+    FatalRedisError) and the thread ends, with no retry loop."""
+    stop, fatal, calls = threading.Event(), [], []
+
+    def step() -> None:
+        calls.append(1)
+        raise ConfigError("the option cannot work")
+
+    loop = Loop("rstream-test", step, stop, Health(Counters(), "nowhere"), lambda: None, fatal.append)
+    loop.start()
+    try:
+        wait_until(lambda: fatal, 5, message="the ConfigError was not reported as fatal")
+        loop.thread.join(5)
+        assert not loop.thread.is_alive()
+    finally:
+        stop.set()
+    assert len(calls) == 1
+    assert isinstance(fatal[0], FatalRedisError) and "cannot work" in str(fatal[0])
+    assert isinstance(fatal[0].__cause__, ConfigError)
 
 
 # -- OOM: transient ------------------------------------------------------------------------------
