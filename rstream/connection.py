@@ -12,9 +12,10 @@ link translated to rstream's tree (`rstream.faults`).
 """
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import redis
 import redis.exceptions as rex
@@ -98,6 +99,10 @@ class Link:
         self.ok_at = 0.0
         self._sent_at = 0.0
         self._aborted = False
+        # The connection's own timeouts; a deadline only ever shortens them (see `bounded`).
+        self._timeouts: Tuple[Timeout, Timeout] = (conn.socket_timeout, conn.socket_connect_timeout)
+        self._stop_at: Optional[float] = None   # set by `limit`, for good
+        self._bound_at: Optional[float] = None  # set by `bounded`, for one block
         self._tls_tried = False
 
     def call(self, *args: Any) -> Any:
@@ -121,6 +126,8 @@ class Link:
         """Send commands, or bytes already packed (the reader's hot path packs with hiredis)."""
         if self._aborted:
             raise RedisUnavailable(f"{self.role} connection closed by stop()")
+        if self._stop_at is not None or self._bound_at is not None:
+            self._cut_to_deadline()
         now = time.monotonic()
         if now - self.ok_at > STALE_AFTER_S:
             self._drop_if_stale()  # a syscall: only for a link that sat idle, not per hot read
@@ -153,7 +160,9 @@ class Link:
             conn.connect()
         except (rex.RedisError, OSError) as exc:  # AUTH/HELLO failures surface here too
             conn.disconnect()
-            problem = tls.diagnose(conn, exc, tls.PROBE_TIMEOUT_S)
+            left = self._time_left()
+            probe_s = tls.PROBE_TIMEOUT_S if left is None else min(left, tls.PROBE_TIMEOUT_S)
+            problem = tls.diagnose(conn, exc, probe_s)
             raise (problem or translate(exc)) from None
         finally:
             if first_tls:
@@ -172,8 +181,11 @@ class Link:
 
     def read(self, count: int) -> List[Any]:
         replies: List[Any] = []
+        bounded = self._stop_at is not None or self._bound_at is not None
         try:
             for _ in range(count):
+                if bounded:
+                    self._cut_to_deadline()
                 try:
                     replies.append(self._conn.read_response())
                 except rex.ResponseError as exc:
@@ -203,13 +215,43 @@ class Link:
     def limit(self, deadline: float) -> None:
         """No wait on this link (connect, write, read) outlasts `deadline` (monotonic) from
         now on: at stop, a flush over a black-holed network must not hold stop() up."""
-        remaining = max(0.001, deadline - time.monotonic())
-        conn = self._conn
-        conn.socket_timeout = min(conn.socket_timeout or remaining, remaining)
-        conn.socket_connect_timeout = min(conn.socket_connect_timeout or remaining, remaining)
-        sock: Optional[socket.socket] = conn._sock
-        if sock is not None:
-            sock.settimeout(conn.socket_timeout)
+        self._stop_at = deadline if self._stop_at is None else min(self._stop_at, deadline)
+        self._cut_to_deadline()
+
+    @contextlib.contextmanager
+    def bounded(self, deadline: float) -> Iterator["Link"]:
+        """Within the block, no wait on this link outlasts `deadline` (monotonic), so that
+        start() returns promptly whatever the network does. Each write and each reply read is
+        cut to the time left when it starts (1 ms once the deadline has passed); a connect's
+        waits (TCP connect, TLS handshake, the AUTH/HELLO/SELECT replies) each get the time
+        left when the connect starts, as redis-py sets them once per connect. On exit the
+        link's own timeouts come back: socket_timeout, socket_connect_timeout and the live
+        socket's. Blocks nest; `limit` outlasts them.
+        """
+        outer = self._bound_at
+        self._bound_at = deadline if outer is None else min(outer, deadline)
+        self._cut_to_deadline()
+        try:
+            yield self
+        finally:
+            self._bound_at = outer
+            if outer is None and self._stop_at is None:
+                _set_timeouts(self._conn, *self._timeouts)
+            else:
+                self._cut_to_deadline()
+
+    def _time_left(self) -> Optional[float]:
+        """Seconds to the nearest deadline (at least 1 ms), or None without one."""
+        deadlines = [d for d in (self._stop_at, self._bound_at) if d is not None]
+        return max(0.001, min(deadlines) - time.monotonic()) if deadlines else None
+
+    def _cut_to_deadline(self) -> None:
+        left = self._time_left()
+        if left is None:
+            return
+        read_s, connect_s = self._timeouts
+        _set_timeouts(self._conn, left if read_s is None else min(read_s, left),
+                      left if connect_s is None else min(connect_s, left))
 
     def close(self) -> None:
         self._conn.disconnect()

@@ -1,5 +1,6 @@
 """Faults that are not outages: TLS misconfiguration is a ConfigError raised from start() (or
-stopping a running consumer), and an OOM refusal is transient.
+stopping a running consumer), an OOM refusal is transient, and `Link.bounded` keeps every wait
+of a link within a deadline and gives the link its own timeouts back afterwards.
 """
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import shutil
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Dict, Iterator
 
 import pytest
 import redis
@@ -17,7 +18,8 @@ import redis.exceptions as rex
 import rstream
 from faultkit import FAULT_DEFAULTS, Recorder, publish, rstream_threads
 from helpers import unique_name, wait_until
-from rstream.connection import ConnectionFactory, translate
+from proxy import Proxy
+from rstream.connection import CONNECT_TIMEOUT_S, ConnectionFactory, Link, translate
 from rstream.embedded import EmbeddedServer
 from rstream.errors import (ConfigError, FatalRedisError, RedisOutOfMemory, RedisUnavailable,
                             TLSConfigError)
@@ -168,3 +170,71 @@ def test_oom_outage_is_logged_as_out_of_memory_not_unreachable(caplog: pytest.Lo
     assert any("refuses writes: out of memory" in line for line in lines), lines
     assert any("accepts writes again" in line for line in lines), lines
     assert not any("unreachable" in line for line in lines), lines
+
+
+# -- Link.bounded --------------------------------------------------------------------------------
+def _timeouts(link: Link) -> Dict[str, Any]:
+    conn: Any = link._conn  # the link's own redis-py connection, looked at from outside
+    sock = conn._sock
+    return dict(read=conn.socket_timeout, connect=conn.socket_connect_timeout,
+                live=sock.gettimeout() if sock is not None else None)
+
+
+@pytest.fixture
+def link(redis_server: EmbeddedServer) -> Iterator[Link]:
+    made = ConnectionFactory(redis_server.client(), "s").make("test", read_timeout_s=10.0)
+    try:
+        yield made
+    finally:
+        made.close()
+
+
+def test_bounded_cuts_a_blocking_read_and_restores_timeouts(link: Link) -> None:
+    """Inside bounded(), a 5 s blocking read gives up at the deadline; afterwards the link has
+    its own timeouts again, on the live socket too, and works as before."""
+    link.call("PING")
+    normal = dict(read=10.0, connect=CONNECT_TIMEOUT_S, live=10.0)
+    assert _timeouts(link) == normal
+    started = time.monotonic()
+    with link.bounded(started + 0.3):
+        assert _timeouts(link)["live"] <= 0.3
+        with pytest.raises(RedisUnavailable):
+            link.call("BLPOP", "nothing-here", 5)
+    assert time.monotonic() - started < 2.0
+    assert _timeouts(link) == dict(normal, live=None)  # the timed-out connection was dropped
+    with link.bounded(time.monotonic() + 5):
+        assert link.call("PING") in (b"PONG", "PONG", True)  # connects within the block
+    assert _timeouts(link) == normal
+    assert link.call("BLPOP", "nothing-here", 1) is None  # the full timeout is back
+
+
+def test_bounded_holds_one_deadline_across_several_waits(link: Link) -> None:
+    """The deadline is for the whole block: a wait that starts late gets only the time left,
+    not the time the block started with."""
+    link.call("PING")
+    started = time.monotonic()
+    with link.bounded(started + 2.0):
+        assert link.call("BLPOP", "nothing-here", 1.5) is None  # 1.5 s of the 2 spent
+        with pytest.raises(RedisUnavailable):
+            link.call("BLPOP", "nothing-here", 5)
+    elapsed = time.monotonic() - started
+    assert elapsed < 2.9, elapsed  # 3.5 s if the second wait got the block's first 2 s
+
+
+def test_bounded_cuts_a_connect_over_a_black_holed_network(redis_server: EmbeddedServer) -> None:
+    """Inside bounded(), connecting through a network that drops every byte (the TCP connect
+    succeeds, no reply ever comes) fails at the deadline, not after the 10 s timeouts."""
+    with Proxy(redis_server.port) as proxy:
+        proxy.blackhole()
+        link = ConnectionFactory(redis.Redis.from_url(proxy.url), "s").make("test", read_timeout_s=10.0)
+        started = time.monotonic()
+        try:
+            with link.bounded(started + 0.5):
+                with pytest.raises(RedisUnavailable):
+                    link.call("PING")
+        finally:
+            link.close()
+        elapsed = time.monotonic() - started
+    assert elapsed < 2.0, elapsed
+    assert _timeouts(link) == dict(read=10.0, connect=CONNECT_TIMEOUT_S, live=None)
+
