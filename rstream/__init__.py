@@ -12,12 +12,13 @@ retries, dead-lettering and a thread-pool dispatcher for your handler::
                      consumer_name="billing-1").run(handle)
 """
 from .consumer import Consumer
-from .errors import (ConfigError, FatalRedisError, GroupMissing, RedisUnavailable, RStreamError,
-                     StreamMissing)
+from .errors import (ConfigError, FatalRedisError, GroupMissing, RedisOutOfMemory, RedisUnavailable,
+                     RStreamError, StreamMissing, TLSConfigError)
 from .message import Message
 from .stats import Stats
 
 __version__ = "0.1.0"
 
 __all__ = ["Consumer", "Message", "Stats", "RStreamError", "ConfigError", "FatalRedisError",
-           "RedisUnavailable", "GroupMissing", "StreamMissing", "__version__"]
+           "RedisUnavailable", "RedisOutOfMemory", "GroupMissing", "StreamMissing", "TLSConfigError",
+           "__version__"]

@@ -1,23 +1,35 @@
-"""Connections rstream makes for itself, and translation of redis-py errors.
+"""Connections rstream makes for itself.
 
 Each thread role (reader, acker, heartbeat, reaper) owns one `Link`: a single redis-py
 `Connection` used by that thread only, so a blocking read never holds up acks or heartbeats.
-Links are made from the user's `redis` option (URL, kwargs dict or client instance) with three
-things pinned: RESP2 (redis-py 8 defaults to RESP3, whose stream replies are maps), a socket
-timeout that fits the blocking read, and hiredis as the reply parser.
+Links are made like the user's client makes its own (`rstream.clients`: URL, kwargs dict,
+`redis.Redis`, `RedisCluster` node, Sentinel-managed master) with three things pinned: RESP2
+(redis-py 8 defaults to RESP3, whose stream replies are maps), a socket timeout that fits the
+blocking read, and hiredis as the reply parser. A link connects through the connection's own
+`connect()`, never implicitly on first send: redis-py's implicit connect skips the master lookup
+of Sentinel-managed connections and would reach localhost:6379 instead. Errors come out of a
+link translated to rstream's tree (`rstream.faults`).
 """
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Type, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import redis
 import redis.exceptions as rex
 from redis.backoff import NoBackoff
+from redis.connection import AbstractConnection
 from redis.retry import Retry
 
-from .errors import ConfigError, FatalRedisError, GroupMissing, RedisUnavailable, RStreamError
+from . import tls
+from .clients import recipe_for
+# Re-exported: the consumer and redisio take everything about connections from this module.
+from .clients import check_same_slot as check_same_slot
+from .clients import client_from_option as client_from_option
+from .errors import RedisUnavailable, RStreamError
+from .faults import translate as translate
 
 # Longest wait for any non-blocking reply; a black-holed server is detected after this.
 IO_TIMEOUT_S = 10.0
@@ -29,55 +41,18 @@ READER_READ_SIZE = 1 << 20
 # Keys of a pool's connection_kwargs that rstream sets itself.
 _PINNED = ("protocol", "socket_timeout", "socket_connect_timeout", "retry", "retry_on_error",
            "retry_on_timeout", "health_check_interval", "socket_read_size", "socket_keepalive")
-_FATAL_PREFIXES = ("WRONGTYPE", "NOPERM", "NOAUTH", "WRONGPASS", "ERR unknown command",
-                   "ERR unknown subcommand", "NOSCRIPT", "CROSSSLOT")
-# XINFO's answer when the stream is gone: the same fault as NOGROUP, the same cure.
-_NO_SUCH_KEY = ("no such key", "ERR no such key")
-# UNBLOCKED: CLIENT UNBLOCK ... ERROR woke a blocked read; reading again is the answer.
-_TRANSIENT_PREFIXES = ("LOADING", "BUSY ", "MASTERDOWN", "READONLY", "TRYAGAIN", "CLUSTERDOWN",
-                       "MOVED", "ASK ", "UNBLOCKED")
 
 Command = Sequence[Any]
-
-
-def client_from_option(value: Any) -> Any:
-    """Turn the `redis` option (URL, kwargs dict, or client) into a redis-py client."""
-    if isinstance(value, str):
-        if not value.startswith(("redis://", "rediss://", "unix://")):
-            raise ConfigError("redis must be a URL starting with redis://, rediss:// or unix://, "
-                              f"got {_redact(value)!r}")
-        return redis.Redis.from_url(value)
-    if isinstance(value, dict):
-        try:
-            return redis.Redis(**value)
-        except TypeError as exc:
-            raise ConfigError(f"redis kwargs not accepted by redis.Redis: {exc}") from None
-    if isinstance(value, redis.Redis):
-        return value
-    cluster_cls = getattr(redis, "RedisCluster", None)
-    if cluster_cls is not None and isinstance(value, cluster_cls):
-        return value
-    raise ConfigError("redis must be a URL, a dict of redis.Redis keyword arguments or a "
-                      f"redis.Redis/RedisCluster instance, got {type(value).__name__}")
-
-
-def _redact(url: str) -> str:
-    """A URL without its password, for messages and logs."""
-    scheme, sep, rest = url.partition("://")
-    creds, at, host = rest.rpartition("@")
-    if not sep or not at:
-        return url
-    user = creds.partition(":")[0]
-    return f"{scheme}://{user}:***@{host}" if ":" in creds else url
+Timeout = Optional[float]
 
 
 class ConnectionFactory:
-    """Makes rstream's own connections to the node that holds the stream."""
+    """Makes rstream's own connections to the server the client reaches for the stream."""
 
     def __init__(self, client: Any, stream: str) -> None:
-        pool = _pool_for(client, stream)
-        self._cls: Type[redis.Connection] = pool.connection_class
-        kwargs: Dict[str, Any] = dict(pool.connection_kwargs)
+        recipe = recipe_for(client, stream)
+        self._cls = recipe.connection_class
+        kwargs = recipe.kwargs
         for key in _PINNED:
             kwargs.pop(key, None)
         self.decode_responses = bool(kwargs.get("decode_responses", False))
@@ -86,49 +61,27 @@ class ConnectionFactory:
         if kwargs.get("encoding_errors", "strict") == "strict":
             kwargs["encoding_errors"] = "surrogateescape"
         self._kwargs = kwargs
+        self._where = recipe.where
 
     def make(self, role: str, read_timeout_s: float = IO_TIMEOUT_S,
              read_size: int = 65536) -> "Link":
-        conn = self._cls(
-            **self._kwargs,
+        pinned: Dict[str, Any] = dict(
             protocol=2,
             socket_timeout=read_timeout_s,
             socket_connect_timeout=CONNECT_TIMEOUT_S,
-            socket_keepalive=True,
             socket_read_size=read_size,
             retry_on_timeout=False,
             # rstream retries with its own backoff; redis-py's would retry a failed AUTH for seconds.
             retry=Retry(NoBackoff(), 0),
             health_check_interval=0,
         )
-        return Link(conn, role)
+        if issubclass(self._cls, redis.Connection):  # TCP only: a unix socket refuses the option
+            pinned["socket_keepalive"] = True
+        return Link(self._cls(**self._kwargs, **pinned), role)
 
     def describe(self) -> str:
-        """host:port (never credentials), for log lines."""
-        host = self._kwargs.get("host") or self._kwargs.get("path") or "?"
-        port = self._kwargs.get("port")
-        return f"{host}:{port}" if port else str(host)
-
-
-def check_same_slot(client: Any, stream: str, dead_letter_stream: Optional[str]) -> None:
-    """In Redis Cluster the dead letter is written and the entry acked in one script, which
-    needs both keys in one hash slot: say so when the Consumer is built, not on the first
-    poison message."""
-    if dead_letter_stream is None or not hasattr(client, "keyslot"):
-        return
-    if client.keyslot(stream) != client.keyslot(dead_letter_stream):
-        raise ConfigError(
-            f"dead_letter_stream {dead_letter_stream!r} must hash to the same Redis Cluster slot as "
-            f"stream {stream!r}: give both the same hash tag, e.g. '{{orders}}' and '{{orders}}:dlq'")
-
-
-def _pool_for(client: Any, stream: str) -> Any:
-    if hasattr(client, "get_node_from_key"):  # RedisCluster: the node that owns the stream's slot
-        node = client.get_node_from_key(stream)
-        if node.redis_connection is None:
-            client.get_redis_connection(node)
-        return node.redis_connection.connection_pool
-    return client.connection_pool
+        """host:port, socket path or Sentinel service (never credentials), for log lines."""
+        return self._where
 
 
 class Link:
@@ -140,12 +93,17 @@ class Link:
     (Redis 6.2 times it out as usual when its stream is deleted meanwhile).
     """
 
-    def __init__(self, conn: redis.Connection, role: str) -> None:
+    def __init__(self, conn: AbstractConnection, role: str) -> None:
         self._conn: Any = conn  # redis-py's Connection methods are untyped
         self.role = role
         self.ok_at = 0.0
         self._sent_at = 0.0
         self._aborted = False
+        # The connection's own timeouts; a deadline only ever shortens them (see `bounded`).
+        self._timeouts: Tuple[Timeout, Timeout] = (conn.socket_timeout, conn.socket_connect_timeout)
+        self._stop_at: Optional[float] = None   # set by `limit`, for good
+        self._bound_at: Optional[float] = None  # set by `bounded`, for one block
+        self._tls_tried = False
 
     def call(self, *args: Any) -> Any:
         """Send one command and return its reply (an error reply raises)."""
@@ -168,20 +126,47 @@ class Link:
         """Send commands, or bytes already packed (the reader's hot path packs with hiredis)."""
         if self._aborted:
             raise RedisUnavailable(f"{self.role} connection closed by stop()")
+        if self._stop_at is not None or self._bound_at is not None:
+            self._cut_to_deadline()
         now = time.monotonic()
         if now - self.ok_at > STALE_AFTER_S:
             self._drop_if_stale()  # a syscall: only for a link that sat idle, not per hot read
         self._sent_at = now
+        if self._conn._sock is None:
+            self._connect()
         try:
             # send_packed_command iterates its argument: bytes must go in a list, not bare.
             payload = [commands] if isinstance(commands, bytes) else self._conn.pack_commands(commands)
             self._conn.send_packed_command(payload, check_health=False)
-        except (rex.ConnectionError, rex.TimeoutError, OSError) as exc:
+        except (rex.RedisError, OSError) as exc:
             self._conn.disconnect()
             raise translate(exc) from None
-        except rex.RedisError as exc:  # AUTH/HELLO failures surface here on connect
-            self._conn.disconnect()
-            raise translate(exc) from None
+
+    def _connect(self) -> None:
+        """Open the connection with its own `connect()`, which is where a Sentinel-managed
+        connection asks for the current master: the implicit connect of `send_packed_command`
+        skips that and goes to the default localhost:6379."""
+        conn = self._conn
+        first_tls = tls.is_tls(conn) and not self._tls_tried
+        read_s = conn.socket_timeout
+        if first_tls:
+            # A plain server behind rediss:// never answers the handshake (see rstream.tls):
+            # the first one waits briefly, so that start() can tell so in about a second.
+            self._tls_tried = True
+            short = tls.FIRST_HANDSHAKE_TIMEOUT_S
+            _set_timeouts(conn, short if read_s is None else min(read_s, short),
+                          conn.socket_connect_timeout)
+        try:
+            conn.connect()
+        except (rex.RedisError, OSError) as exc:  # AUTH/HELLO failures surface here too
+            conn.disconnect()
+            left = self._time_left()
+            probe_s = tls.PROBE_TIMEOUT_S if left is None else min(left, tls.PROBE_TIMEOUT_S)
+            problem = tls.diagnose(conn, exc, probe_s)
+            raise (problem or translate(exc)) from None
+        finally:
+            if first_tls:
+                _set_timeouts(conn, read_s, conn.socket_connect_timeout)
 
     def _drop_if_stale(self) -> None:
         """Reconnect, rather than fail, when the server closed this idle connection (it was
@@ -196,8 +181,11 @@ class Link:
 
     def read(self, count: int) -> List[Any]:
         replies: List[Any] = []
+        bounded = self._stop_at is not None or self._bound_at is not None
         try:
             for _ in range(count):
+                if bounded:
+                    self._cut_to_deadline()
                 try:
                     replies.append(self._conn.read_response())
                 except rex.ResponseError as exc:
@@ -227,44 +215,63 @@ class Link:
     def limit(self, deadline: float) -> None:
         """No wait on this link (connect, write, read) outlasts `deadline` (monotonic) from
         now on: at stop, a flush over a black-holed network must not hold stop() up."""
-        remaining = max(0.001, deadline - time.monotonic())
-        conn = self._conn
-        conn.socket_timeout = min(conn.socket_timeout or remaining, remaining)
-        conn.socket_connect_timeout = min(conn.socket_connect_timeout or remaining, remaining)
-        sock: Optional[socket.socket] = conn._sock
-        if sock is not None:
-            sock.settimeout(conn.socket_timeout)
+        self._stop_at = deadline if self._stop_at is None else min(self._stop_at, deadline)
+        self._cut_to_deadline()
+
+    @contextlib.contextmanager
+    def bounded(self, deadline: float) -> Iterator["Link"]:
+        """Within the block, no wait on this link outlasts `deadline` (monotonic), so that
+        start() returns promptly whatever the network does. Each write and each reply read is
+        cut to the time left when it starts (1 ms once the deadline has passed); a connect's
+        waits (TCP connect, TLS handshake, the AUTH/HELLO/SELECT replies) each get the time
+        left when the connect starts, as redis-py sets them once per connect. On exit the
+        link's own timeouts come back: socket_timeout, socket_connect_timeout and the live
+        socket's. Blocks nest; `limit` outlasts them.
+        """
+        outer = self._bound_at
+        self._bound_at = deadline if outer is None else min(outer, deadline)
+        self._cut_to_deadline()
+        try:
+            yield self
+        finally:
+            self._bound_at = outer
+            if outer is None and self._stop_at is None:
+                _set_timeouts(self._conn, *self._timeouts)
+            else:
+                self._cut_to_deadline()
+
+    def _time_left(self) -> Optional[float]:
+        """Seconds to the nearest deadline (at least 1 ms), or None without one."""
+        deadlines = [d for d in (self._stop_at, self._bound_at) if d is not None]
+        return max(0.001, min(deadlines) - time.monotonic()) if deadlines else None
+
+    def _cut_to_deadline(self) -> None:
+        left = self._time_left()
+        if left is None:
+            return
+        read_s, connect_s = self._timeouts
+        _set_timeouts(self._conn, left if read_s is None else min(read_s, left),
+                      left if connect_s is None else min(connect_s, left))
 
     def close(self) -> None:
         self._conn.disconnect()
 
 
-def translate(exc: BaseException) -> RStreamError:
-    """Map a redis-py error onto rstream's exception tree (the text never holds a password)."""
-    text = str(exc)
-    if isinstance(exc, (rex.AuthenticationError, rex.AuthorizationError)):
-        return FatalRedisError(f"authentication failed: {text}")
-    if isinstance(exc, rex.NoPermissionError):
-        return FatalRedisError(f"ACL permission missing: {text}")
-    if isinstance(exc, (rex.ConnectionError, rex.TimeoutError, OSError)):
-        if "invalid password" in text.lower() or "WRONGPASS" in text or "NOAUTH" in text:
-            return FatalRedisError(f"authentication failed: {text}")
-        if "certificate verify failed" in text.lower() or "ssl" in type(exc).__name__.lower():
-            return FatalRedisError(f"TLS handshake failed: {text}")
-        return RedisUnavailable(text or type(exc).__name__)
-    if text.startswith("NOGROUP") or text in _NO_SUCH_KEY or _stream_gone_while_blocked(text):
-        return GroupMissing(text)
-    if text.startswith(_TRANSIENT_PREFIXES):
-        return RedisUnavailable(text)
-    if text.startswith(_FATAL_PREFIXES):
-        return FatalRedisError(text)
-    return RStreamError(text)
-
-
-def _stream_gone_while_blocked(text: str) -> bool:
-    # Redis 7.0 ends a blocked XREADGROUP whose stream was deleted with this error, where
-    # Redis 6.2 times the read out and Valkey answers NOGROUP.
-    return text.startswith("UNBLOCKED") and "no longer exists" in text
+def _set_timeouts(conn: Any, read_s: Timeout, connect_s: Timeout) -> None:
+    """Set a connection's timeouts, on its live socket too."""
+    conn.socket_timeout = read_s
+    conn.socket_connect_timeout = connect_s
+    sock: Optional[socket.socket] = conn._sock
+    if sock is not None:
+        sock.settimeout(read_s)
+    # redis-py's parsers keep the timeout they saw at connect and put it back on the socket
+    # after a timed poll: they must keep this one.
+    parser: Any = getattr(conn, "_parser", None)
+    if hasattr(parser, "_socket_timeout"):
+        parser._socket_timeout = read_s
+    buffer: Any = getattr(parser, "_buffer", None)
+    if hasattr(buffer, "socket_timeout"):
+        buffer.socket_timeout = read_s
 
 
 def server_version(info: Any) -> Tuple[str, Tuple[int, ...]]:

@@ -1,4 +1,4 @@
-"""rstream's exception tree. Translation from redis-py errors happens in `rstream.redisio`."""
+"""rstream's exception tree. Translation from redis-py errors happens in `rstream.connection`."""
 from __future__ import annotations
 
 
@@ -17,6 +17,14 @@ class RedisUnavailable(RStreamError):
     """
 
 
+class RedisOutOfMemory(RedisUnavailable):
+    """OOM: the server refuses commands that need memory (``maxmemory`` reached under the
+    ``noeviction`` policy).
+
+    Transient, like an outage: it ends when memory is freed, and rstream retries with backoff.
+    """
+
+
 class GroupMissing(RStreamError):
     """NOGROUP: the stream or its consumer group is gone (deleted, flushed, destroyed).
 
@@ -27,6 +35,13 @@ class GroupMissing(RStreamError):
 class FatalRedisError(RStreamError):
     """A fault retrying cannot fix: wrong key type, failed AUTH, missing ACL permission,
     unsupported server. `start()`/`run()` raise it."""
+
+
+class TLSConfigError(ConfigError, FatalRedisError):
+    """TLS cannot work as configured: a CA, certificate or key file is missing or unreadable, the
+    handshake was refused (certificate not trusted, no common protocol), or the server does not
+    speak TLS on that port. Waiting cannot fix it, so it is both a `ConfigError` and a
+    `FatalRedisError`: `start()` raises it, a running consumer stops with it."""
 
 
 class StreamMissing(RStreamError):

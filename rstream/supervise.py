@@ -2,11 +2,13 @@
 
 A thread is a `step` called until its stop event is set; the step does one read/decide/write
 round and returns how long to wait before the next one. Faults are handled here:
-- server unreachable: capped exponential backoff with jitter; the outage is logged once at
-  WARNING by whichever thread sees it first, and its end once at INFO;
+- server unreachable, or refusing writes for want of memory (OOM): capped exponential backoff
+  with jitter; the outage is logged once at WARNING by whichever thread sees it first, and its
+  end once at INFO;
 - NOGROUP: the group is created again (the thread's `recover`), logged, and the loop goes on;
 - stream missing with make_stream=False: wait with backoff until it exists;
-- fatal errors (wrong type, auth, ACL): reported to the owner, which stops the consumer.
+- fatal errors (wrong type, auth, ACL, TLS misconfiguration) and any `ConfigError`: reported to
+  the owner, which stops the consumer.
 """
 from __future__ import annotations
 
@@ -17,7 +19,8 @@ from typing import Callable, Optional
 
 from .backoff import Backoff
 from .connection import Link
-from .errors import FatalRedisError, GroupMissing, RedisUnavailable, StreamMissing
+from .errors import (ConfigError, FatalRedisError, GroupMissing, RedisOutOfMemory, RedisUnavailable,
+                     StreamMissing)
 from .stats import Counters
 
 log = logging.getLogger("rstream")
@@ -41,6 +44,7 @@ class Health:
         self._waiting_since: Optional[float] = None
         self._stream_seen_at = 0.0  # the reply that ended the last wait for the stream
         self._up_at = 0.0           # when the last outage ended (monotonic)
+        self._out_of_memory = False  # the outage is an OOM refusal, not a lost connection
         self._counters = counters
         self._where = where
 
@@ -54,8 +58,13 @@ class Health:
             if ok_at is not None and ok_at < self._up_at:
                 return
             self._down_since = time.monotonic()
+            self._out_of_memory = isinstance(exc, RedisOutOfMemory)
         self._counters.add(outages=1)
-        log.warning("rstream: Redis at %s unreachable (%s); retrying with backoff", self._where, exc)
+        if self._out_of_memory:
+            log.warning("rstream: Redis at %s refuses writes: out of memory (%s); retrying with "
+                        "backoff", self._where, exc)
+        else:
+            log.warning("rstream: Redis at %s unreachable (%s); retrying with backoff", self._where, exc)
 
     def up(self, ok_at: Optional[float] = None, proves_stream: bool = True) -> None:
         """A step succeeded; `ok_at` is when its link last read a reply (None: trust the step).
@@ -64,6 +73,7 @@ class Health:
             return
         with self._lock:
             since, waited = self._down_since, self._waiting_since
+            out_of_memory = self._out_of_memory
             if since is not None and (ok_at is None or ok_at > since):
                 self._down_since = None
                 self._up_at = time.monotonic()
@@ -75,7 +85,8 @@ class Health:
             else:
                 waited = None
         if since is not None:
-            log.info("rstream: Redis at %s reachable again after %.1f s", self._where,
+            log.info("rstream: Redis at %s %s again after %.1f s", self._where,
+                     "accepts writes" if out_of_memory else "reachable",
                      time.monotonic() - since)
         if waited is not None:
             log.info("rstream: the stream exists now; consuming")
@@ -140,6 +151,11 @@ class Loop:
                 wait, backoff = backoff.delay(), backoff.failed()
             except FatalRedisError as exc:
                 self._on_fatal(exc)
+                return
+            except ConfigError as exc:  # the link's configuration cannot work: retrying won't help
+                fatal = FatalRedisError(str(exc))
+                fatal.__cause__ = exc
+                self._on_fatal(fatal)
                 return
             except Exception:  # a bug in rstream: log it, back off, never crash-loop silently
                 log.exception("rstream: unexpected error in %s", self.name)

@@ -3,80 +3,26 @@ cluster, given a `redis.cluster.RedisCluster` client. Each stream's commands go 
 owns its slot; the dead-letter stream must share that slot (a hash tag)."""
 from __future__ import annotations
 
-import random
-import socket
 import threading
 from typing import Any, Dict, Iterator, List
 
 import pytest
-import redis
 from redis.cluster import RedisCluster
 
 import rstream
+from clusterkit import local_cluster
 from helpers import unique_name, wait_until
-from rstream.embedded import EmbeddedServer, find_server_binary
 
-SLOTS = 16384
 NODES = 3
 FAST: Dict[str, Any] = dict(receive_interval=100, heartbeat_interval=100, allowed_missed_heartbeats=2,
                             group_start_id="0", make_stream=True)
 
 
-def _cluster_port() -> int:
-    """A free port whose cluster-bus port (port + 10000) is free too, below the 55535 cap."""
-    for _ in range(200):
-        port = random.randrange(20000, 45000)
-        try:
-            for candidate in (port, port + 10000):
-                with socket.socket() as sock:
-                    sock.bind(("127.0.0.1", candidate))
-        except OSError:
-            continue
-        return port
-    raise AssertionError("no free port pair for a cluster node")
-
-
-def _start_node() -> EmbeddedServer:
-    for _ in range(5):
-        node = EmbeddedServer(find_server_binary(), port=_cluster_port(),
-                              args=("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"))
-        try:
-            node.start()
-            return node
-        except rstream.RStreamError:  # the port was taken in between: try another
-            node.close()
-    raise AssertionError("could not start a cluster node")
-
-
-def _cluster_info(client: redis.Redis) -> bytes:
-    return bytes(client.execute_command("CLUSTER", "INFO"))
-
-
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[RedisCluster]:
     """Three masters splitting the 16384 slots evenly, joined with CLUSTER MEET."""
-    nodes: List[EmbeddedServer] = []
-    try:
-        for _ in range(NODES):
-            nodes.append(_start_node())
-        clients = [node.client() for node in nodes]
-        step = SLOTS // NODES
-        for n, client in enumerate(clients):
-            last = SLOTS - 1 if n == NODES - 1 else (n + 1) * step - 1
-            client.execute_command("CLUSTER", "ADDSLOTS", *range(n * step, last + 1))
-        for client in clients[1:]:
-            client.execute_command("CLUSTER", "MEET", "127.0.0.1", nodes[0].port)
-        wait_until(lambda: all(b"cluster_state:ok" in _cluster_info(c) for c in clients), 30,
-                   message="the local cluster did not come up")
-        # Every node must know every other before a client maps the slots.
-        wait_until(lambda: all(b"cluster_known_nodes:3" in _cluster_info(c) for c in clients), 30,
-                   message="the nodes do not all know each other")
-        client = RedisCluster(host="127.0.0.1", port=nodes[0].port)
+    with local_cluster(NODES) as client:
         yield client
-        client.close()
-    finally:
-        for node in nodes:
-            node.close()
 
 
 def _streams_on_every_node(cluster: RedisCluster) -> List[str]:
