@@ -13,9 +13,10 @@ import logging
 import signal
 import threading
 import time
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, List, Optional, Tuple
 
 from .acker import Acker
+from .backoff import Backoff
 from .connection import (IO_TIMEOUT_S, READER_READ_SIZE, ConnectionFactory, Link, check_same_slot,
                          client_from_option)
 from .dispatch import Ledger, WorkerPool
@@ -34,6 +35,10 @@ log = logging.getLogger("rstream")
 
 Handler = Callable[[Message], Any]
 DEFAULT_STOP_TIMEOUT_S = 30.0
+# Longest a try at start() may take to reach the server and create the group: start() returns
+# promptly even when the network black-holes it (the threads then keep trying). Above a TLS
+# handshake's first try (1 s, see rstream.tls) so a plain port is still diagnosed.
+PREPARE_BUDGET_S = 2.0
 
 
 class Consumer:
@@ -185,24 +190,49 @@ class Consumer:
 
     def _prepare(self) -> None:
         """Check the server and create the group now, so that a fatal fault (wrong key type,
-        auth, ACL, old server) raises from start(). An unreachable server or a missing stream
-        is not fatal: the threads keep retrying."""
+        auth, ACL, TLS, old server) raises from start(). Each try is bounded by
+        `PREPARE_BUDGET_S`, so start() returns promptly whatever the network does. An
+        unreachable server is not fatal: the threads keep retrying, unless `start_timeout`
+        asks start() to fail when the server is not reached in time. A missing stream is
+        waited for by the threads."""
         ops = self._heartbeat.ops
-        found = None
-        try:
-            found = ops.check_server()
-            self._check_key_types(ops)
-            self._recreate_group(ops, at_start=True)
-            self._heartbeat.beat()
-        except RedisUnavailable as exc:
-            self._health.down(exc)  # the threads keep trying; the outage is logged once
-        except StreamMissing as exc:
-            self._health.stream_missing(exc)
+        timeout_ms: Optional[int] = getattr(self.options, "start_timeout", None)
+        give_up_at = None if timeout_ms is None else time.monotonic() + timeout_ms / 1000
+        backoff = Backoff()
+        while True:
+            budget = time.monotonic() + PREPARE_BUDGET_S
+            try:
+                with ops.link.bounded(budget if give_up_at is None else min(budget, give_up_at)):
+                    found = self._prepare_once(ops)
+                break
+            except StreamMissing as exc:
+                self._health.stream_missing(exc)
+                found = None
+                break
+            except RedisUnavailable as exc:
+                if give_up_at is None:
+                    self._health.down(exc)  # the threads keep trying; the outage is logged once
+                    found = None
+                    break
+                left = give_up_at - time.monotonic()
+                if left <= 0:
+                    raise RedisUnavailable(
+                        f"Redis at {self._factory.describe()} not reachable within start_timeout="
+                        f"{timeout_ms} ms: {exc}") from None
+                self._stop_requested.wait(min(left, backoff.delay()))
+                backoff = backoff.failed()
         o = self.options
         server = f"{found[0]} {'.'.join(map(str, found[1]))} at " if found else ""
         log.info("rstream: consumer %r of group %r on stream %r starting (server %s%s, hot path %s)",
                  o.consumer_name, o.group, o.stream, server, self._factory.describe(),
                  IMPLEMENTATION)
+
+    def _prepare_once(self, ops: StreamOps) -> Optional[Tuple[str, Tuple[int, ...]]]:
+        found = ops.check_server()
+        self._check_key_types(ops)
+        self._recreate_group(ops, at_start=True)
+        self._heartbeat.beat()
+        return found
 
     def _check_key_types(self, ops: StreamOps) -> None:
         """A key of another type fails start() with an error that names the key."""

@@ -3,6 +3,8 @@ name the key at fault."""
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from typing import Any, List
 
 import pytest
@@ -10,7 +12,9 @@ import redis
 
 from faultkit import Recorder, new_consumer, publish
 from helpers import wait_until
-from rstream import Consumer, FatalRedisError
+from proxy import Proxy
+from rstream import Consumer, FatalRedisError, RedisUnavailable
+from rstream.consumer import PREPARE_BUDGET_S
 from rstream._hotpath import IMPLEMENTATION
 from rstream.embedded import EmbeddedServer
 
@@ -59,3 +63,56 @@ def test_a_stream_replaced_at_runtime_is_named_in_the_error(
         pipe.delete(stream_names.stream).set(stream_names.stream, b"a string").execute()
     wait_until(lambda: consumer.error is not None, 10, message="no fatal error")
     assert "WRONGTYPE" in str(consumer.error) and repr(stream_names.stream) in str(consumer.error)
+
+
+def test_start_returns_promptly_through_a_black_holed_network_and_consumes_once_it_heals(
+        redis_server: EmbeddedServer, r: redis.Redis, stream_names: Any,
+        consumers: List[Consumer]) -> None:
+    """The network swallows every byte: start() returns within its try budget (not after the
+    10 s I/O timeout), and the consumer consumes once the network heals."""
+    with Proxy(redis_server.port) as proxy:
+        proxy.blackhole()
+        consumer = new_consumer(consumers, proxy.url, stream_names)
+        rec = Recorder()
+        started = time.monotonic()
+        consumer.start(rec)
+        took = time.monotonic() - started
+        assert took < PREPARE_BUDGET_S + 1.5, f"start() took {took:.2f} s"
+        proxy.restore()
+        ids = publish(r, stream_names.stream, 10)
+        wait_until(lambda: rec.has_all(ids), 30, message="nothing consumed after the network healed")
+
+
+def test_start_timeout_makes_start_fail_when_the_server_cannot_be_reached(
+        redis_server: EmbeddedServer, stream_names: Any, consumers: List[Consumer]) -> None:
+    """With start_timeout=500 and the server down, start() raises RedisUnavailable naming the
+    option after about half a second; without it start() returns and the threads retry."""
+    url = redis_server.url
+    redis_server.kill()
+    strict = new_consumer(consumers, url, stream_names, start_timeout=500)
+    started = time.monotonic()
+    with pytest.raises(RedisUnavailable, match="start_timeout=500") as raised:
+        strict.start(Recorder())
+    took = time.monotonic() - started
+    assert 0.4 < took < 3.0, took
+    assert strict.error is None and "Redis at" in str(raised.value)
+    lenient = new_consumer(consumers, url, stream_names)
+    lenient.start(Recorder())  # retries forever, as the Elixir library does
+    assert lenient.stats().outages == 1
+
+
+def test_start_timeout_waits_for_a_server_that_comes_up_in_time(
+        redis_server: EmbeddedServer, r: redis.Redis, stream_names: Any,
+        consumers: List[Consumer]) -> None:
+    """A server that comes up within start_timeout: start() returns and consumes."""
+    redis_server.kill()
+    timer = threading.Timer(0.5, redis_server.start)
+    timer.start()
+    try:
+        consumer = new_consumer(consumers, redis_server.url, stream_names, start_timeout=10_000)
+        rec = Recorder()
+        consumer.start(rec)
+    finally:
+        timer.join()
+    ids = publish(redis_server.client(), stream_names.stream, 5)
+    wait_until(lambda: rec.has_all(ids), 10)
