@@ -20,9 +20,9 @@ from .connection import (IO_TIMEOUT_S, READER_READ_SIZE, ConnectionFactory, Link
                          client_from_option)
 from .dispatch import Ledger, WorkerPool
 from .errors import ConfigError, FatalRedisError, RedisUnavailable, RStreamError, StreamMissing
+from .handlers import Handler, is_async_callable
 from .intake import Intake
 from .liveness import Heartbeat, Reaper
-from .message import Message
 from .options import Options
 from .reader import Reader
 from .redisio import StreamOps
@@ -31,7 +31,6 @@ from .supervise import Health, Loop
 
 log = logging.getLogger("rstream")
 
-Handler = Callable[[Message], Any]
 DEFAULT_STOP_TIMEOUT_S = 30.0
 
 
@@ -59,6 +58,10 @@ class Consumer:
         """Start consuming on background threads and return at once."""
         if not callable(handler):
             raise ConfigError(f"handler must be callable, got {handler!r}")
+        if is_async_callable(handler):
+            raise ConfigError(f"handler must be a plain (synchronous) function, got the async "
+                              f"{handler!r}: rstream runs handlers on threads and would never await "
+                              "it (write a def handler; call async code in it with asyncio.run())")
         with self._lifecycle:
             if self._state != "new":
                 raise RStreamError(f"this Consumer was already started (state: {self._state})")

@@ -6,9 +6,10 @@ Every bad value raises `ConfigError` naming the option and the value.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 from .errors import ConfigError
+from .handlers import FailureHandler, is_async_callable
 
 DEFAULT_CONCURRENCY = 8
 DEFAULT_BATCH_SIZE = 500
@@ -32,7 +33,7 @@ class Options:
     concurrency: int = DEFAULT_CONCURRENCY
     batch_size: int = DEFAULT_BATCH_SIZE
     max_in_flight: Optional[int] = None
-    handle_failure: Optional[Callable[..., Any]] = None
+    handle_failure: Optional[FailureHandler] = None
     max_attempts: Optional[int] = None
     dead_letter_stream: Optional[str] = None
 
@@ -80,6 +81,10 @@ class Options:
                     f"got {self.max_in_flight!r}")
         if self.handle_failure is not None and not callable(self.handle_failure):
             raise ConfigError(f"handle_failure must be callable or None, got {self.handle_failure!r}")
+        if is_async_callable(self.handle_failure):
+            raise ConfigError(f"handle_failure must be a plain (synchronous) function, got the async "
+                              f"{self.handle_failure!r}: rstream calls it on a thread and would never "
+                              "await it")
         if self.max_attempts is not None:
             _positive_int("max_attempts", self.max_attempts)
         if self.dead_letter_stream is not None:
