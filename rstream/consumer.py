@@ -10,10 +10,12 @@ the consumer looks alive while it drains.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
-from typing import Any, Callable, List, Optional
+import weakref
+from typing import Any, Callable, List, Literal, Optional
 
 from .acker import Acker
 from .connection import (IO_TIMEOUT_S, READER_READ_SIZE, ConnectionFactory, Link, check_same_slot,
@@ -32,6 +34,9 @@ from .supervise import Health, Loop
 log = logging.getLogger("rstream")
 
 DEFAULT_STOP_TIMEOUT_S = 30.0
+# "failed" is "stopped" by a fatal error; "forked" is a started consumer seen in a forked child.
+State = Literal["new", "starting", "running", "stopping", "stopped", "failed", "forked"]
+_RUNNING_STATES = ("starting", "running", "stopping")
 
 
 class Consumer:
@@ -44,7 +49,8 @@ class Consumer:
         self._factory = ConnectionFactory(client, stream)
         self._counters = Counters()
         self._lifecycle = threading.Lock()
-        self._state = "new"
+        self._state: State = "new"
+        self._started_in_pid = 0  # the process that called start(), for the error after a fork
         self._stop_requested = threading.Event()
         self._stopped = threading.Event()
         self._in_run = False
@@ -56,6 +62,7 @@ class Consumer:
     # -- public API ---------------------------------------------------------------------------
     def start(self, handler: Handler) -> "Consumer":
         """Start consuming on background threads and return at once."""
+        self._refuse_if_forked()
         if not callable(handler):
             raise ConfigError(f"handler must be callable, got {handler!r}")
         if is_async_callable(handler):
@@ -66,11 +73,15 @@ class Consumer:
             if self._state != "new":
                 raise RStreamError(f"this Consumer was already started (state: {self._state})")
             self._state = "starting"
+            self._started_in_pid = os.getpid()
+            _started.add(self)
         try:
             self._build(handler)
             self._prepare()
-        except BaseException:
+        except BaseException as exc:
             self._close_links()
+            if isinstance(exc, FatalRedisError) and self._fatal is None:
+                self._fatal = exc  # state "failed", and `error` says why
             self._state = "stopped"
             raise
         self._pool.start()
@@ -81,6 +92,7 @@ class Consumer:
 
     def run(self, handler: Handler, stop_timeout: float = DEFAULT_STOP_TIMEOUT_S) -> None:
         """Consume until `stop()`, SIGINT or SIGTERM (on the main thread), then drain and return."""
+        self._refuse_if_forked()
         restore = self._install_signal_handlers()
         self._in_run = True
         try:
@@ -96,6 +108,7 @@ class Consumer:
     def stop(self, timeout: float = DEFAULT_STOP_TIMEOUT_S) -> None:
         """Stop reading, let in-flight handlers finish (until `timeout` seconds), flush acks.
         Entries not finished stay pending and are replayed or claimed later."""
+        self._refuse_if_forked()
         self._stop_requested.set()
         pool = getattr(self, "_pool", None)
         if pool is not None and pool.runs_on(threading.current_thread()):
@@ -120,11 +133,21 @@ class Consumer:
             self._stopped.set()
 
     def stats(self) -> Stats:
+        self._refuse_if_forked()
         acker = getattr(self, "_acker", None)
         ledger = getattr(self, "_ledger", None)
         return self._counters.snapshot(
             in_flight=ledger.in_flight if ledger else 0,
             waiting_retries=acker.waiting_retries if acker else 0)
+
+    @property
+    def state(self) -> State:
+        """Where this consumer is in its life: "new", "starting", "running", "stopping",
+        "stopped", "failed" (stopped by the fatal error in `error`) or "forked" (started in a
+        parent process before os.fork(): unusable here, see `start`)."""
+        if self._state == "stopped" and self._fatal is not None:
+            return "failed"
+        return self._state
 
     @property
     def error(self) -> Optional[FatalRedisError]:
@@ -140,7 +163,22 @@ class Consumer:
     def __repr__(self) -> str:
         o = self.options
         return (f"Consumer(stream={o.stream!r}, group={o.group!r}, consumer_name={o.consumer_name!r}, "
-                f"server={self._factory.describe()!r}, state={self._state!r})")
+                f"server={self._factory.describe()!r}, state={self.state!r})")
+
+    # -- fork -----------------------------------------------------------------------------------
+    def _after_fork_in_child(self) -> None:
+        if self._state in _RUNNING_STATES:
+            self._state = "forked"
+            # A parent thread may have held it at the fork; in the child nobody would release it.
+            self._lifecycle = threading.Lock()
+
+    def _refuse_if_forked(self) -> None:
+        if self._state == "forked":
+            raise RStreamError(
+                f"this Consumer was started in process {self._started_in_pid} before os.fork(); "
+                f"its threads did not survive the fork, so it cannot consume in this process "
+                f"({os.getpid()}). Create it (or at least start it) in the child, e.g. in "
+                "gunicorn's post_fork hook, and stop it in worker_exit")
 
     # -- wiring -------------------------------------------------------------------------------
     def _ops(self, role: str, read_timeout_s: float = IO_TIMEOUT_S, read_size: int = 65536) -> StreamOps:
@@ -263,3 +301,16 @@ class Consumer:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
         return restore
+
+
+# Consumers that were ever started, so a forked child can tell which ones it holds dead copies of.
+_started: "weakref.WeakSet[Consumer]" = weakref.WeakSet()
+
+
+def _mark_started_consumers_forked() -> None:
+    for consumer in list(_started):
+        consumer._after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX; there is no fork elsewhere
+    os.register_at_fork(after_in_child=_mark_started_consumers_forked)
