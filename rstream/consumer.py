@@ -15,17 +15,17 @@ import signal
 import threading
 import time
 import weakref
-from typing import Any, Callable, List, Literal, Optional
+from typing import Any, Callable, List, Literal, NoReturn, Optional
 
 from .acker import Acker
 from .connection import (IO_TIMEOUT_S, READER_READ_SIZE, ConnectionFactory, Link, check_same_slot,
                          client_from_option)
 from .dispatch import Ledger, WorkerPool
 from .errors import ConfigError, FatalRedisError, RedisUnavailable, RStreamError, StreamMissing
-from .handlers import Handler, is_async_callable
+from .handlers import FailureHandler, Handler, is_async_callable
 from .intake import Intake
 from .liveness import Heartbeat, Reaper
-from .options import Options
+from .options import DEFAULT_BATCH_SIZE, DEFAULT_CONCURRENCY, Options
 from .reader import Reader
 from .redisio import StreamOps
 from .stats import Counters, Stats
@@ -42,8 +42,32 @@ _RUNNING_STATES = ("starting", "running", "stopping")
 class Consumer:
     """One member of a consumer group on one stream. See the README for every option."""
 
-    def __init__(self, redis: Any, stream: str, group: str, consumer_name: str, **options: Any) -> None:
-        self.options = Options.build(stream=stream, group=group, consumer_name=consumer_name, **options)
+    # Every option is spelt out (typed, keyword-only) so that editors complete them and mypy
+    # rejects a misspelt one: nothing can be passed to `**unknown: NoReturn`. At run time the
+    # names it collects are refused by Options.build, with the closest option suggested.
+    # tests/test_options.py keeps these parameters and the fields of Options the same.
+    def __init__(self, redis: Any, stream: str, group: str, consumer_name: str, *,
+                 group_start_id: str = "$",
+                 make_stream: bool = False,
+                 receive_interval: int = 1000,
+                 heartbeat_interval: int = 5000,
+                 allowed_missed_heartbeats: int = 3,
+                 delete_on_ack: bool = False,
+                 concurrency: int = DEFAULT_CONCURRENCY,
+                 batch_size: int = DEFAULT_BATCH_SIZE,
+                 max_in_flight: Optional[int] = None,
+                 handle_failure: Optional[FailureHandler] = None,
+                 max_attempts: Optional[int] = None,
+                 dead_letter_stream: Optional[str] = None,
+                 start_timeout: Optional[int] = None,
+                 **unknown: NoReturn) -> None:
+        self.options = Options.build(
+            stream=stream, group=group, consumer_name=consumer_name, group_start_id=group_start_id,
+            make_stream=make_stream, receive_interval=receive_interval,
+            heartbeat_interval=heartbeat_interval, allowed_missed_heartbeats=allowed_missed_heartbeats,
+            delete_on_ack=delete_on_ack, concurrency=concurrency, batch_size=batch_size,
+            max_in_flight=max_in_flight, handle_failure=handle_failure, max_attempts=max_attempts,
+            dead_letter_stream=dead_letter_stream, start_timeout=start_timeout, **unknown)
         client = client_from_option(redis)
         check_same_slot(client, stream, self.options.dead_letter_stream)
         self._factory = ConnectionFactory(client, stream)

@@ -13,7 +13,7 @@ from typing import Any, Callable
 from .message import Message
 
 Handler = Callable[[Message], None]
-FailureHandler = Callable[[Message, BaseException], object]
+FailureHandler = Callable[[Message, BaseException], None]
 
 
 def is_async_callable(obj: Any) -> bool:

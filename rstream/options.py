@@ -6,7 +6,8 @@ Every bad value raises `ConfigError` naming the option and the value.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional
+import difflib
+from typing import Any, Collection, Optional
 
 from .errors import ConfigError
 from .handlers import FailureHandler, is_async_callable
@@ -36,6 +37,8 @@ class Options:
     handle_failure: Optional[FailureHandler] = None
     max_attempts: Optional[int] = None
     dead_letter_stream: Optional[str] = None
+    # Longest wait in start()/run() for the server (ms); None retries forever.
+    start_timeout: Optional[int] = None
 
     @property
     def in_flight_limit(self) -> int:
@@ -53,10 +56,13 @@ class Options:
     @classmethod
     def build(cls, **kwargs: Any) -> "Options":
         """Validate every option and return the frozen value; unknown names are errors too."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(kwargs) - known)
+        known = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(kwargs) - set(known))
+        if len(unknown) == 1:
+            raise ConfigError(f"unknown option {_suggest(unknown[0], known, ': ')}")
         if unknown:
-            raise ConfigError(f"unknown option(s): {', '.join(unknown)}")
+            raise ConfigError("unknown options: "
+                              + ", ".join(_suggest(name, known, " (", ")") for name in unknown))
         for name in ("stream", "group", "consumer_name"):
             if name not in kwargs:
                 raise ConfigError(f"{name} is required")
@@ -87,6 +93,8 @@ class Options:
                               "await it")
         if self.max_attempts is not None:
             _positive_int("max_attempts", self.max_attempts)
+        if self.start_timeout is not None:
+            _positive_int("start_timeout", self.start_timeout)
         if self.dead_letter_stream is not None:
             _name("dead_letter_stream", self.dead_letter_stream)
             if self.dead_letter_stream == self.stream:
@@ -96,6 +104,12 @@ class Options:
                 raise ConfigError("dead_letter_stream needs max_attempts (after how many deliveries "
                                   f"an entry is dead-lettered), got dead_letter_stream="
                                   f"{self.dead_letter_stream!r} and max_attempts=None")
+
+
+def _suggest(name: str, known: Collection[str], before: str, after: str = "") -> str:
+    """`name` quoted, with the closest known option when one is close (a typo, usually)."""
+    close = difflib.get_close_matches(name, known, n=1)
+    return f"{name!r}{before}did you mean {close[0]!r}?{after}" if close else repr(name)
 
 
 def _name(option: str, value: Any) -> None:
