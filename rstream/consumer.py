@@ -120,12 +120,14 @@ class Consumer:
         restore = self._install_signal_handlers()
         self._in_run = True
         try:
-            self.start(handler)
-            while not self._stop_requested.wait(0.5):
-                pass
+            try:
+                self.start(handler)
+                while not self._stop_requested.wait(0.5):
+                    pass
+            finally:
+                self.stop(stop_timeout)
         finally:
-            restore()
-            self.stop(stop_timeout)
+            restore()  # only now: a second signal during the drain must still reach on_signal
         if self._fatal is not None:
             raise self._fatal
 
@@ -315,8 +317,20 @@ class Consumer:
         if threading.current_thread() is not threading.main_thread():
             return lambda: None
 
+        received: List[int] = []
+
         def on_signal(signum: int, frame: Any) -> None:
-            log.info("rstream: %s received; draining", signal.Signals(signum).name)
+            name = signal.Signals(signum).name
+            if received:
+                # The user does not want to wait for the drain. SystemExit unwinds stop() (the
+                # threads are daemons) and Python exits without printing a traceback.
+                ledger = getattr(self, "_ledger", None)
+                log.warning("rstream: second %s while draining: exiting now; %d entries in flight "
+                            "stay pending and will be delivered again", name,
+                            ledger.in_flight if ledger is not None else 0)
+                raise SystemExit(128 + signum)
+            received.append(signum)
+            log.info("rstream: %s received; draining (send it again to exit at once)", name)
             self._stop_requested.set()
 
         previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
