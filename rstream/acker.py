@@ -122,8 +122,9 @@ class Acker:
             except BaseException as exc:  # noqa: B036 - must not kill the worker or leak its slots
                 broken = exc
         else:
+            # With the traceback: the handler's own frames are where the user has to look.
             log.warning("rstream: handler failed for entry %s (attempt %d): %r",
-                        message.id, message.attempt, error)
+                        message.id, message.attempt, error, exc_info=error)
         now_ms = _now_ms()
         verdict, due_ms = judge_failure(
             message, failure_handler_failed=broken is not None, max_attempts=self._o.max_attempts,
@@ -135,8 +136,8 @@ class Acker:
                       message.id, message.attempt, broken, then)
         if verdict is Verdict.DROP:
             log.warning("rstream: entry %s failed on its last attempt (%d of %s) and there is no "
-                        "dead_letter_stream: acknowledged and dropped", message.id,
-                        message.attempt, self._o.max_attempts)
+                        "dead_letter_stream: acknowledged and dropped (%s)", message.id,
+                        message.attempt, self._o.max_attempts, failure_text(error))
         return verdict, due_ms
 
     def ack_deleted(self, ids: List[str]) -> None:
@@ -224,6 +225,17 @@ class Acker:
                 self._put_off(item[0], exc)
             else:
                 self.sent(batch, result)
+                self._log_dead_letter(item, written=bool(result.dead_lettered))
+
+    def _log_dead_letter(self, item: Tuple[Message, str], written: bool) -> None:
+        message, error = item
+        if written:
+            log.warning("rstream: entry %s (attempt %d) moved to dead-letter stream %r: %s",
+                        message.id, message.attempt, self._o.dead_letter_stream, error)
+        else:
+            # The script found it no longer pending here (settled, or taken over elsewhere).
+            log.debug("rstream: entry %s was no longer pending here; not dead-lettered",
+                      message.id)
 
     def _put_off(self, message: Message, exc: BaseException) -> None:
         """The server refused this dead letter (e.g. more fields than a script call takes): the

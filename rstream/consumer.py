@@ -10,10 +10,12 @@ the consumer looks alive while it drains.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
-from typing import Any, Callable, List, Optional, Tuple
+import weakref
+from typing import Any, Callable, List, Literal, NoReturn, Optional, Tuple
 
 from .acker import Acker
 from .backoff import Backoff
@@ -21,11 +23,11 @@ from .connection import (IO_TIMEOUT_S, READER_READ_SIZE, ConnectionFactory, Link
                          client_from_option)
 from .dispatch import Ledger, WorkerPool
 from .errors import ConfigError, FatalRedisError, RedisUnavailable, RStreamError, StreamMissing
+from .handlers import FailureHandler, Handler, is_async_callable
 from .intake import Intake
 from ._hotpath import IMPLEMENTATION
 from .liveness import Heartbeat, NameFence, Reaper
-from .message import Message
-from .options import Options
+from .options import DEFAULT_BATCH_SIZE, DEFAULT_CONCURRENCY, Options
 from .reader import Reader
 from .redisio import StreamOps, fence_key
 from .stats import Counters, Stats
@@ -33,25 +35,52 @@ from .supervise import Health, Loop
 
 log = logging.getLogger("rstream")
 
-Handler = Callable[[Message], Any]
 DEFAULT_STOP_TIMEOUT_S = 30.0
 # Longest a try at start() may take to reach the server and create the group: start() returns
 # promptly even when the network black-holes it (the threads then keep trying). Above a TLS
 # handshake's first try (1 s, see rstream.tls) so a plain port is still diagnosed.
 PREPARE_BUDGET_S = 2.0
+# "failed" is "stopped" by a fatal error; "forked" is a started consumer seen in a forked child.
+State = Literal["new", "starting", "running", "stopping", "stopped", "failed", "forked"]
+_RUNNING_STATES = ("starting", "running", "stopping")
 
 
 class Consumer:
     """One member of a consumer group on one stream. See the README for every option."""
 
-    def __init__(self, redis: Any, stream: str, group: str, consumer_name: str, **options: Any) -> None:
-        self.options = Options.build(stream=stream, group=group, consumer_name=consumer_name, **options)
+    # Every option is spelt out (typed, keyword-only) so that editors complete them and mypy
+    # rejects a misspelt one: nothing can be passed to `**unknown: NoReturn`. At run time the
+    # names it collects are refused by Options.build, with the closest option suggested.
+    # tests/test_options.py keeps these parameters and the fields of Options the same.
+    def __init__(self, redis: Any, stream: str, group: str, consumer_name: str, *,
+                 group_start_id: str = "$",
+                 make_stream: bool = False,
+                 receive_interval: int = 1000,
+                 heartbeat_interval: int = 5000,
+                 allowed_missed_heartbeats: int = 3,
+                 delete_on_ack: bool = False,
+                 concurrency: int = DEFAULT_CONCURRENCY,
+                 batch_size: int = DEFAULT_BATCH_SIZE,
+                 max_in_flight: Optional[int] = None,
+                 handle_failure: Optional[FailureHandler] = None,
+                 max_attempts: Optional[int] = None,
+                 dead_letter_stream: Optional[str] = None,
+                 start_timeout: Optional[int] = None,
+                 **unknown: NoReturn) -> None:
+        self.options = Options.build(
+            stream=stream, group=group, consumer_name=consumer_name, group_start_id=group_start_id,
+            make_stream=make_stream, receive_interval=receive_interval,
+            heartbeat_interval=heartbeat_interval, allowed_missed_heartbeats=allowed_missed_heartbeats,
+            delete_on_ack=delete_on_ack, concurrency=concurrency, batch_size=batch_size,
+            max_in_flight=max_in_flight, handle_failure=handle_failure, max_attempts=max_attempts,
+            dead_letter_stream=dead_letter_stream, start_timeout=start_timeout, **unknown)
         client = client_from_option(redis)
         check_same_slot(client, stream, self.options.dead_letter_stream)
         self._factory = ConnectionFactory(client, stream)
         self._counters = Counters()
         self._lifecycle = threading.Lock()
-        self._state = "new"
+        self._state: State = "new"
+        self._started_in_pid = 0  # the process that called start(), for the error after a fork
         self._stop_requested = threading.Event()
         self._stopped = threading.Event()
         self._in_run = False
@@ -68,17 +97,26 @@ class Consumer:
     # -- public API ---------------------------------------------------------------------------
     def start(self, handler: Handler) -> "Consumer":
         """Start consuming on background threads and return at once."""
+        self._refuse_if_forked()
         if not callable(handler):
             raise ConfigError(f"handler must be callable, got {handler!r}")
+        if is_async_callable(handler):
+            raise ConfigError(f"handler must be a plain (synchronous) function, got the async "
+                              f"{handler!r}: rstream runs handlers on threads and would never await "
+                              "it (write a def handler; call async code in it with asyncio.run())")
         with self._lifecycle:
             if self._state != "new":
                 raise RStreamError(f"this Consumer was already started (state: {self._state})")
             self._state = "starting"
+            self._started_in_pid = os.getpid()
+            _started.add(self)
         try:
             self._build(handler)
             self._prepare()
-        except BaseException:
+        except BaseException as exc:
             self._close_links()
+            if isinstance(exc, FatalRedisError) and self._fatal is None:
+                self._fatal = exc  # state "failed", and `error` says why
             self._state = "stopped"
             raise
         self._pool.start()
@@ -89,21 +127,25 @@ class Consumer:
 
     def run(self, handler: Handler, stop_timeout: float = DEFAULT_STOP_TIMEOUT_S) -> None:
         """Consume until `stop()`, SIGINT or SIGTERM (on the main thread), then drain and return."""
+        self._refuse_if_forked()
         restore = self._install_signal_handlers()
         self._in_run = True
         try:
-            self.start(handler)
-            while not self._stop_requested.wait(0.5):
-                pass
+            try:
+                self.start(handler)
+                while not self._stop_requested.wait(0.5):
+                    pass
+            finally:
+                self.stop(stop_timeout)
         finally:
-            restore()
-            self.stop(stop_timeout)
+            restore()  # only now: a second signal during the drain must still reach on_signal
         if self._fatal is not None:
             raise self._fatal
 
     def stop(self, timeout: float = DEFAULT_STOP_TIMEOUT_S) -> None:
         """Stop reading, let in-flight handlers finish (until `timeout` seconds), flush acks.
         Entries not finished stay pending and are replayed or claimed later."""
+        self._refuse_if_forked()
         self._stop_requested.set()
         pool = getattr(self, "_pool", None)
         if pool is not None and pool.runs_on(threading.current_thread()):
@@ -128,11 +170,21 @@ class Consumer:
             self._stopped.set()
 
     def stats(self) -> Stats:
+        self._refuse_if_forked()
         acker = getattr(self, "_acker", None)
         ledger = getattr(self, "_ledger", None)
         return self._counters.snapshot(
             in_flight=ledger.in_flight if ledger else 0,
             waiting_retries=acker.waiting_retries if acker else 0)
+
+    @property
+    def state(self) -> State:
+        """Where this consumer is in its life: "new", "starting", "running", "stopping",
+        "stopped", "failed" (stopped by the fatal error in `error`) or "forked" (started in a
+        parent process before os.fork(): unusable here, see `start`)."""
+        if self._state == "stopped" and self._fatal is not None:
+            return "failed"
+        return self._state
 
     @property
     def error(self) -> Optional[FatalRedisError]:
@@ -148,7 +200,22 @@ class Consumer:
     def __repr__(self) -> str:
         o = self.options
         return (f"Consumer(stream={o.stream!r}, group={o.group!r}, consumer_name={o.consumer_name!r}, "
-                f"server={self._factory.describe()!r}, state={self._state!r})")
+                f"server={self._factory.describe()!r}, state={self.state!r})")
+
+    # -- fork -----------------------------------------------------------------------------------
+    def _after_fork_in_child(self) -> None:
+        if self._state in _RUNNING_STATES:
+            self._state = "forked"
+            # A parent thread may have held it at the fork; in the child nobody would release it.
+            self._lifecycle = threading.Lock()
+
+    def _refuse_if_forked(self) -> None:
+        if self._state == "forked":
+            raise RStreamError(
+                f"this Consumer was started in process {self._started_in_pid} before os.fork(); "
+                f"its threads did not survive the fork, so it cannot consume in this process "
+                f"({os.getpid()}). Create it (or at least start it) in the child, e.g. in "
+                "gunicorn's post_fork hook, and stop it in worker_exit")
 
     # -- wiring -------------------------------------------------------------------------------
     def _ops(self, role: str, read_timeout_s: float = IO_TIMEOUT_S, read_size: int = 65536) -> StreamOps:
@@ -196,7 +263,7 @@ class Consumer:
         asks start() to fail when the server is not reached in time. A missing stream is
         waited for by the threads."""
         ops = self._heartbeat.ops
-        timeout_ms: Optional[int] = getattr(self.options, "start_timeout", None)
+        timeout_ms = self.options.start_timeout
         give_up_at = None if timeout_ms is None else time.monotonic() + timeout_ms / 1000
         backoff = Backoff()
         while True:
@@ -354,8 +421,20 @@ class Consumer:
         if threading.current_thread() is not threading.main_thread():
             return lambda: None
 
+        received: List[int] = []
+
         def on_signal(signum: int, frame: Any) -> None:
-            log.info("rstream: %s received; draining", signal.Signals(signum).name)
+            name = signal.Signals(signum).name
+            if received:
+                # The user does not want to wait for the drain. SystemExit unwinds stop() (the
+                # threads are daemons) and Python exits without printing a traceback.
+                ledger = getattr(self, "_ledger", None)
+                log.warning("rstream: second %s while draining: exiting now; %d entries in flight "
+                            "stay pending and will be delivered again", name,
+                            ledger.in_flight if ledger is not None else 0)
+                raise SystemExit(128 + signum)
+            received.append(signum)
+            log.info("rstream: %s received; draining (send it again to exit at once)", name)
             self._stop_requested.set()
 
         previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -364,3 +443,16 @@ class Consumer:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
         return restore
+
+
+# Consumers that were ever started, so a forked child can tell which ones it holds dead copies of.
+_started: "weakref.WeakSet[Consumer]" = weakref.WeakSet()
+
+
+def _mark_started_consumers_forked() -> None:
+    for consumer in list(_started):
+        consumer._after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX; there is no fork elsewhere
+    os.register_at_fork(after_in_child=_mark_started_consumers_forked)

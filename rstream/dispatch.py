@@ -12,6 +12,7 @@ import threading
 import time
 from typing import Callable, Deque, Iterable, List, Optional, Set, Tuple
 
+from .handlers import reject_awaitable
 from .message import Message
 
 Failure = Tuple[Message, BaseException]
@@ -264,7 +265,9 @@ class WorkerPool:
                 except IndexError:
                     break
                 try:
-                    handler(message)
+                    result = handler(message)
+                    if result is not None:  # the usual None costs one comparison, nothing more
+                        reject_awaitable(result)
                 except BaseException as exc:  # noqa: B036 - a handler's exception is an outcome
                     failures.append((message, exc))
                 else:

@@ -6,9 +6,11 @@ Every bad value raises `ConfigError` naming the option and the value.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Optional
+import difflib
+from typing import Any, Collection, Optional
 
 from .errors import ConfigError
+from .handlers import FailureHandler, is_async_callable
 
 DEFAULT_CONCURRENCY = 8
 DEFAULT_BATCH_SIZE = 500
@@ -32,9 +34,11 @@ class Options:
     concurrency: int = DEFAULT_CONCURRENCY
     batch_size: int = DEFAULT_BATCH_SIZE
     max_in_flight: Optional[int] = None
-    handle_failure: Optional[Callable[..., Any]] = None
+    handle_failure: Optional[FailureHandler] = None
     max_attempts: Optional[int] = None
     dead_letter_stream: Optional[str] = None
+    # Longest wait in start()/run() for the server (ms); None retries forever.
+    start_timeout: Optional[int] = None
 
     @property
     def in_flight_limit(self) -> int:
@@ -52,10 +56,13 @@ class Options:
     @classmethod
     def build(cls, **kwargs: Any) -> "Options":
         """Validate every option and return the frozen value; unknown names are errors too."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(kwargs) - known)
+        known = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(kwargs) - set(known))
+        if len(unknown) == 1:
+            raise ConfigError(f"unknown option {_suggest(unknown[0], known, ': ')}")
         if unknown:
-            raise ConfigError(f"unknown option(s): {', '.join(unknown)}")
+            raise ConfigError("unknown options: "
+                              + ", ".join(_suggest(name, known, " (", ")") for name in unknown))
         for name in ("stream", "group", "consumer_name"):
             if name not in kwargs:
                 raise ConfigError(f"{name} is required")
@@ -80,8 +87,14 @@ class Options:
                     f"got {self.max_in_flight!r}")
         if self.handle_failure is not None and not callable(self.handle_failure):
             raise ConfigError(f"handle_failure must be callable or None, got {self.handle_failure!r}")
+        if is_async_callable(self.handle_failure):
+            raise ConfigError(f"handle_failure must be a plain (synchronous) function, got the async "
+                              f"{self.handle_failure!r}: rstream calls it on a thread and would never "
+                              "await it")
         if self.max_attempts is not None:
             _positive_int("max_attempts", self.max_attempts)
+        if self.start_timeout is not None:
+            _positive_int("start_timeout", self.start_timeout)
         if self.dead_letter_stream is not None:
             _name("dead_letter_stream", self.dead_letter_stream)
             if self.dead_letter_stream == self.stream:
@@ -91,6 +104,12 @@ class Options:
                 raise ConfigError("dead_letter_stream needs max_attempts (after how many deliveries "
                                   f"an entry is dead-lettered), got dead_letter_stream="
                                   f"{self.dead_letter_stream!r} and max_attempts=None")
+
+
+def _suggest(name: str, known: Collection[str], before: str, after: str = "") -> str:
+    """`name` quoted, with the closest known option when one is close (a typo, usually)."""
+    close = difflib.get_close_matches(name, known, n=1)
+    return f"{name!r}{before}did you mean {close[0]!r}?{after}" if close else repr(name)
 
 
 def _name(option: str, value: Any) -> None:

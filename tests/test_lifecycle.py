@@ -311,3 +311,31 @@ def test_stats_count_what_happened(r: redis.Redis, make_consumer: Factory,
     with pytest.raises(dataclasses.FrozenInstanceError):
         stats.acked = 0  # type: ignore[misc]
     assert isinstance(stats, rstream.Stats)
+
+
+def test_state_follows_the_lifecycle(make_consumer: Factory) -> None:
+    """state is "new" before start(), "running" after it, "stopped" after stop(), and shows in repr."""
+    consumer = make_consumer()
+    assert consumer.state == "new"
+    consumer.start(lambda m: None)
+    assert consumer.state == "running" and "state='running'" in repr(consumer)
+    consumer.stop(timeout=5)
+    assert consumer.state == "stopped" and consumer.error is None
+
+
+def test_state_is_failed_after_a_fatal_error(r: redis.Redis, make_consumer: Factory,
+                                             stream_names: Any) -> None:
+    """A fatal fault at start() or while running leaves the consumer "failed", with `error` set."""
+    r.set(stream_names.stream, b"not a stream")
+    at_start = make_consumer()
+    with pytest.raises(rstream.FatalRedisError):
+        at_start.start(lambda m: None)
+    assert at_start.state == "failed" and at_start.error is not None
+
+    r.delete(stream_names.stream)
+    running = make_consumer(consumer_name="second")
+    running.start(lambda m: None)
+    r.delete(stream_names.stream)
+    r.set(stream_names.stream, b"a string now")
+    wait_until(lambda: running.state == "failed", 20, message="a fatal error did not fail it")
+    assert "WRONGTYPE" in str(running.error)

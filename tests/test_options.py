@@ -5,6 +5,9 @@ starts. The URL below points at a port nothing listens on, and nothing ever dial
 """
 from __future__ import annotations
 
+import dataclasses
+import inspect
+import typing
 from typing import Any, Dict, List, Tuple
 
 import pytest
@@ -12,6 +15,7 @@ import redis
 
 import rstream
 from rstream import ConfigError
+from rstream.options import Options
 
 UNUSED_URL = "redis://127.0.0.1:1/0"
 
@@ -30,7 +34,7 @@ def _not_callable() -> object:
 # (option, bad value): wrong types, empty names, zero and negative counts and intervals.
 NAMES = ("stream", "group", "consumer_name")
 COUNTS = ("receive_interval", "heartbeat_interval", "allowed_missed_heartbeats", "concurrency",
-          "batch_size", "max_in_flight", "max_attempts")
+          "batch_size", "max_in_flight", "max_attempts", "start_timeout")
 BOOLS = ("make_stream", "delete_on_ack")
 
 BAD: List[Tuple[str, Any]] = []
@@ -110,6 +114,64 @@ def test_unknown_option_is_refused_by_name(name: str) -> None:
     """A misspelt or made-up option is an error, not silently ignored."""
     with pytest.raises(ConfigError, match=name):
         rstream.Consumer(**_valid(**{name: 100}))
+
+
+@pytest.mark.parametrize("typo,meant", [("max_attemps", "max_attempts"),
+                                        ("recieve_interval", "receive_interval"),
+                                        ("deadletter_stream", "dead_letter_stream"),
+                                        ("concurency", "concurrency")])
+def test_a_misspelt_option_suggests_the_right_one(typo: str, meant: str) -> None:
+    """An unknown option close to a known one is refused with "did you mean '<option>'?"."""
+    with pytest.raises(ConfigError) as info:
+        rstream.Consumer(**_valid(**{typo: 3}))
+    assert str(info.value) == f"unknown option {typo!r}: did you mean {meant!r}?"
+
+
+def test_several_unknown_options_are_all_named_with_suggestions() -> None:
+    """Every unknown option is named, each with its suggestion when there is one."""
+    with pytest.raises(ConfigError) as info:
+        Options.build(stream="s", group="g", consumer_name="c", max_attemps=3, count=5)
+    assert str(info.value) == "unknown options: 'count', 'max_attemps' (did you mean 'max_attempts'?)"
+
+
+def _option_parameters() -> List[inspect.Parameter]:
+    return [p for p in inspect.signature(rstream.Consumer.__init__).parameters.values()
+            if p.kind is inspect.Parameter.KEYWORD_ONLY]
+
+
+def test_every_option_is_a_typed_keyword_parameter_with_the_options_default() -> None:
+    """Consumer.__init__ has one keyword-only parameter per Options field (besides the three
+    names), in the same order, with the same default and the same type, so they cannot drift."""
+    fields = [f for f in dataclasses.fields(Options) if f.name not in NAMES]
+    params = _option_parameters()
+    assert [p.name for p in params] == [f.name for f in fields]
+    assert [p.default for p in params] == [f.default for f in fields]
+    hints = typing.get_type_hints(rstream.Consumer.__init__)
+    field_hints = typing.get_type_hints(Options)
+    assert {f.name: hints[f.name] for f in fields} == {f.name: field_hints[f.name] for f in fields}
+    for name in NAMES:
+        assert hints[name] is str and field_hints[name] is str
+
+
+def test_every_keyword_parameter_reaches_the_options() -> None:
+    """A non-default value given for each option comes back in consumer.options."""
+    def on_failure(message: rstream.Message, error: BaseException) -> None:
+        pass
+
+    given: Dict[str, Any] = dict(
+        group_start_id="0", make_stream=True, receive_interval=7, heartbeat_interval=8,
+        allowed_missed_heartbeats=9, delete_on_ack=True, concurrency=2, batch_size=3,
+        max_in_flight=30, handle_failure=on_failure, max_attempts=4, dead_letter_stream="dlq",
+        start_timeout=1500)
+    assert set(given) == {p.name for p in _option_parameters()}, "a new option needs a value here"
+    options = rstream.Consumer(**_valid(**given)).options
+    assert {name: getattr(options, name) for name in given} == given
+
+
+@pytest.mark.parametrize("value", [None, 1, 30_000])
+def test_start_timeout_takes_none_or_a_positive_int(value: Any) -> None:
+    """start_timeout is None (retry forever) or a positive number of milliseconds."""
+    assert rstream.Consumer(**_valid(start_timeout=value)).options.start_timeout == value
 
 
 @pytest.mark.parametrize("value", [None, 5, b"redis://127.0.0.1:1/0", ["redis://x"], object()])
