@@ -88,10 +88,13 @@ if type(ok) == 'table' and ok.err then return 0 end
 return 1
 """
 
-# KEYS: fence key. ARGV: token. Gives the name up at a clean stop, if this instance holds it
-# (expiring the key at once needs no DEL permission).
+# KEYS: fence key. ARGV: token. Gives the name up at a clean stop, if this instance holds it:
+# deleted, or where the ACL allows no DEL, expired at once.
 UNFENCE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('SET', KEYS[1], '', 'PX', 1) end
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  local deleted = redis.pcall('DEL', KEYS[1])
+  if type(deleted) == 'table' and deleted.err then redis.call('SET', KEYS[1], '', 'PX', 1) end
+end
 return 1
 """
 

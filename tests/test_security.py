@@ -28,7 +28,7 @@ MINIMAL_COMMANDS = ("-@all +xreadgroup +xack +xpending +xclaim +xinfo|consumers 
 # The consumer-name fence key (a string): GET and SET, scoped to the fence keys by an ACL
 # selector where the server has them (Redis 7+, Valkey); Redis 6.2 can only allow them on
 # every key of the user.
-FENCE_COMMANDS = "+eval +get +set"
+FENCE_COMMANDS = "+eval +get +set +del"
 # Denied without harm: rstream skips its server-version check without INFO, and redis-py
 # ignores a refused CLIENT SETINFO (the connection's library name).
 OPTIONAL_DENIED = {"info", "client|setinfo", "client"}
