@@ -12,13 +12,15 @@ retries, dead-lettering and a thread-pool dispatcher for your handler::
                      consumer_name="billing-1").run(handle)
 """
 from .consumer import Consumer
-from .errors import (ConfigError, FatalRedisError, GroupMissing, RedisOutOfMemory, RedisUnavailable,
-                     RStreamError, StreamMissing, TLSConfigError)
+from .errors import (AuthenticationFailed, ConfigError, FatalRedisError, GroupMissing,
+                     PermissionDenied, RedisOutOfMemory, RedisUnavailable, RStreamError,
+                     ServerError, StreamMissing, TLSConfigError, TransientError, WrongType)
 from .message import Message
 from .stats import Stats
 
 __version__ = "0.1.0"
 
-__all__ = ["Consumer", "Message", "Stats", "RStreamError", "ConfigError", "FatalRedisError",
-           "RedisUnavailable", "RedisOutOfMemory", "GroupMissing", "StreamMissing", "TLSConfigError",
+__all__ = ["Consumer", "Message", "Stats", "RStreamError", "ConfigError", "TLSConfigError",
+           "TransientError", "RedisUnavailable", "RedisOutOfMemory", "GroupMissing", "StreamMissing",
+           "FatalRedisError", "AuthenticationFailed", "PermissionDenied", "WrongType", "ServerError",
            "__version__"]

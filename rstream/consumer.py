@@ -21,15 +21,20 @@ from .acker import Acker
 from .backoff import Backoff
 from .connection import (IO_TIMEOUT_S, READER_READ_SIZE, ConnectionFactory, Link, check_same_slot,
                          client_from_option)
-from .dispatch import Ledger, WorkerPool
-from .errors import ConfigError, FatalRedisError, RedisUnavailable, RStreamError, StreamMissing
+from .dispatch import WorkerPool
+from .errors import (ConfigError, FatalRedisError, RedisUnavailable, RStreamError, StreamMissing,
+                     WrongType)
 from .handlers import FailureHandler, Handler, is_async_callable
 from .intake import Intake
 from ._hotpath import IMPLEMENTATION
-from .liveness import Heartbeat, NameFence, Reaper
+from .heartbeat import Heartbeat, NameFence
+from .ledger import Ledger
+from .outcomes import Outcomes
+from .reaper import Reaper
 from .options import DEFAULT_BATCH_SIZE, DEFAULT_CONCURRENCY, Options
 from .reader import Reader
 from .redisio import StreamOps, fence_key
+from .settlements import Settlements
 from .stats import Counters, Stats
 from .supervise import Health, Loop
 
@@ -171,11 +176,11 @@ class Consumer:
 
     def stats(self) -> Stats:
         self._refuse_if_forked()
-        acker = getattr(self, "_acker", None)
+        settlements = getattr(self, "_settlements", None)
         ledger = getattr(self, "_ledger", None)
         return self._counters.snapshot(
             in_flight=ledger.in_flight if ledger else 0,
-            waiting_retries=acker.waiting_retries if acker else 0)
+            waiting_retries=settlements.waiting_retries if settlements else 0)
 
     @property
     def state(self) -> State:
@@ -228,17 +233,21 @@ class Consumer:
         self._intake_stop = threading.Event()   # reader and reaper: stop taking entries in
         self._acker_stop = threading.Event()
         self._heartbeat_stop = threading.Event()
+        # Data flows one way: reads -> intake -> pool -> outcomes -> settlements -> reader (acks
+        # riding on reads), acker (the rest) and reaper (due retries). No object calls back
+        # into the thread that feeds it.
         self._ledger = Ledger(o.in_flight_limit)
-        self._acker = Acker(self._ops("acker"), o, self._ledger, self._counters, self._acker_stop)
-        self._pool = WorkerPool(handler, o.concurrency, self._acker.completed)
-        self._intake = Intake(self._ledger, self._pool, self._counters, self._acker.ack_deleted,
+        self._settlements = Settlements(self._ledger, self._counters)
+        outcomes = Outcomes(o, self._settlements, self._ledger, self._counters)
+        self._pool = WorkerPool(handler, o.concurrency, outcomes.completed)
+        self._intake = Intake(self._ledger, self._pool, self._counters, self._settlements,
                               o.consumer_name)
-        self._acker.intake = self._intake
+        self._acker = Acker(self._ops("acker"), o, self._settlements, self._acker_stop)
         read_timeout = o.receive_interval / 1000 + IO_TIMEOUT_S
         self._reader = Reader(self._ops("reader", read_timeout, READER_READ_SIZE), o, self._ledger,
-                              self._acker, self._intake, self._intake_stop)
+                              self._settlements, self._intake, self._intake_stop)
         self._reaper = Reaper(self._ops("reaper"), o, self._ledger, self._intake,
-                              self._intake_stop, self._reader.replay_done)
+                              self._settlements, self._intake_stop, self._reader.replay_done)
         self._heartbeat = Heartbeat(self._ops("heartbeat"), o, self._fence)
         self._health = health = Health(self._counters, self._factory.describe())
 
@@ -296,24 +305,10 @@ class Consumer:
 
     def _prepare_once(self, ops: StreamOps) -> Optional[Tuple[str, Tuple[int, ...]]]:
         found = ops.check_server()
-        self._check_key_types(ops)
+        ops.check_key_types()
         self._recreate_group(ops, at_start=True)
         self._heartbeat.beat()
         return found
-
-    def _check_key_types(self, ops: StreamOps) -> None:
-        """A key of another type fails start() with an error that names the key."""
-        try:
-            types = ops.key_types()
-        except FatalRedisError as exc:
-            if "NOPERM" in str(exc) or "permission" in str(exc):
-                return  # a minimal ACL user may not run TYPE; the commands' errors will tell
-            raise
-        wrong = {key: kind for key, kind in types.items() if kind not in ("stream", "none")}
-        if wrong:
-            raise FatalRedisError("WRONGTYPE: " + "; ".join(
-                f"key {key!r} ({'the stream' if key == self.options.stream else 'dead_letter_stream'}) "
-                f"holds a {kind}, not a stream" for key, kind in wrong.items()))
 
     def _recreate_group(self, ops: StreamOps, at_start: bool = False) -> None:
         """Find or create the group. Only a first creation on a stream that exists at start
@@ -358,11 +353,11 @@ class Consumer:
 
     def _named(self, exc: FatalRedisError) -> FatalRedisError:
         """Redis' WRONGTYPE error names no key: look the types up and say which one."""
-        if not str(exc).startswith("WRONGTYPE Operation"):
+        if not isinstance(exc, WrongType) or exc.key is not None:
             return exc
         try:
-            self._check_key_types(StreamOps(self._factory.make("diagnose"), self.options))
-        except FatalRedisError as named:
+            StreamOps(self._factory.make("diagnose"), self.options).check_key_types()
+        except WrongType as named:
             return named
         except RStreamError:
             pass
@@ -372,6 +367,7 @@ class Consumer:
     def _shutdown(self, deadline: float) -> None:
         self._intake_stop.set()
         self._intake.close()
+        self._settlements.wake()        # a reaper waiting for a retry notices the stop at once
         self._reader.ops.link.abort()   # wake a blocked read now, not after receive_interval
         self._reader_loop.join(deadline)
         self._reaper_loop.join(deadline)
@@ -383,6 +379,7 @@ class Consumer:
                         "they stay pending and will be delivered again",
                         self._ledger.in_flight, len(left))
         self._acker_stop.set()
+        self._settlements.wake()
         self._acker_loop.join(deadline)
         self._acker.ops.link.limit(deadline)  # a black-holed network must not hold stop() up
         try:

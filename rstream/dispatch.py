@@ -1,4 +1,4 @@
-"""The handler pool and the ledger of entries this consumer holds.
+"""The handler pool: worker threads running the user's handler over chunks of messages.
 
 Work is handed over in chunks, not per message: `ThreadPoolExecutor.submit` costs ~13 µs a call,
 which alone would cap a per-message design near 70k msg/s. The reader appends whole batches; an
@@ -31,96 +31,6 @@ REPORT_EVERY = 128
 # batch is spread over the workers.
 INITIAL_COST_S = 1e-3
 ChunkDone = Callable[[List[str], List[Failure]], None]
-
-
-class Ledger:
-    """Counts entries read but not settled (bounding reads by `max_in_flight`) and remembers the
-    ids this consumer holds, so its own-pending check can tell strays from held entries."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self._cond = threading.Condition()
-        self._reserved = 0
-        self._in_flight = 0
-        self._held: Set[str] = set()
-        self._room_wanted = False  # due retries wait for slots: reads leave some free
-        self._first_callers = 0    # `first` callers inside reserve(): reads leave some free
-
-    @property
-    def in_flight(self) -> int:
-        return self._in_flight
-
-    def want_room(self, wanted: bool) -> None:
-        """Entries read before (due retries) wait for slots: see `reserve`."""
-        with self._cond:
-            self._room_wanted = wanted
-
-    def reserve(self, want: int, stop: threading.Event, wait_s: Optional[float] = None,
-                first: bool = False) -> int:
-        """Reserve up to `want` slots, waiting for at least one (until `stop` or `wait_s`).
-
-        `first` callers bring entries read before (claims, retries). While one waits here, or
-        `want_room` is on, other callers (reads) leave half the slots (at least one) free:
-        else an idle reader, re-reserving every free slot for its next blocking read at once,
-        would starve them for good."""
-        deadline = None if wait_s is None else time.monotonic() + wait_s
-        with self._cond:
-            self._first_callers += first
-            try:
-                while True:
-                    free = self.limit - self._reserved - self._in_flight
-                    if not first and (self._room_wanted or self._first_callers):
-                        free -= max(1, self.limit // 2)
-                    if free > 0:
-                        granted = min(want, free)
-                        self._reserved += granted
-                        return granted
-                    if stop.is_set():
-                        return 0
-                    remaining = 0.1 if deadline is None else min(0.1, deadline - time.monotonic())
-                    if remaining <= 0:
-                        return 0
-                    self._cond.wait(remaining)
-            finally:
-                self._first_callers -= first
-
-    def admit(self, reserved: int, ids: Iterable[str], count: int) -> None:
-        """Turn a reservation into `count` held entries (the rest of it is freed)."""
-        with self._cond:
-            self._reserved -= reserved
-            self._in_flight += count
-            self._held.update(ids)
-            if count < reserved:
-                self._cond.notify_all()
-
-    def finish(self, count: int) -> None:
-        """Handlers are done with `count` entries: their slots are free for reads."""
-        with self._cond:
-            self._in_flight -= count
-            self._cond.notify_all()
-
-    def forget(self, ids: Iterable[str]) -> None:
-        """These entries are settled on the server (or no longer ours)."""
-        with self._cond:
-            self._held.difference_update(ids)
-
-    def hold(self, ids: Iterable[str]) -> None:
-        with self._cond:
-            self._held.update(ids)
-
-    def held(self) -> Set[str]:
-        with self._cond:
-            return set(self._held)
-
-    def wait_idle(self, deadline: float) -> bool:
-        """Wait until no entry is in flight; False if the deadline (monotonic) passed first."""
-        with self._cond:
-            while self._in_flight > 0:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._cond.wait(min(remaining, 0.1))
-            return True
 
 
 class _Chunk:

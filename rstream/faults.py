@@ -13,11 +13,13 @@ from typing import Tuple, Type
 import redis.exceptions as rex
 
 from . import tls
-from .errors import (FatalRedisError, GroupMissing, RedisOutOfMemory, RedisUnavailable, RStreamError,
-                     TLSConfigError)
+from .errors import (AuthenticationFailed, FatalRedisError, GroupMissing, PermissionDenied,
+                     RedisOutOfMemory, RedisUnavailable, RStreamError, ServerError, TLSConfigError,
+                     WrongType)
 
-_FATAL_PREFIXES = ("WRONGTYPE", "NOPERM", "NOAUTH", "WRONGPASS", "ERR unknown command",
-                   "ERR unknown subcommand", "NOSCRIPT", "CROSSSLOT")
+_FATAL_PREFIXES = ("ERR unknown command", "ERR unknown subcommand", "NOSCRIPT", "CROSSSLOT")
+# A command a script calls that the user's ACL refuses (Redis 7 and 6.2 say it so).
+_SCRIPT_ACL_REFUSAL = "The user executing the script can't run this command"
 # XINFO's answer when the stream is gone: the same fault as NOGROUP, the same cure.
 _NO_SUCH_KEY = ("no such key", "ERR no such key")
 # UNBLOCKED: CLIENT UNBLOCK ... ERROR woke a blocked read; reading again is the answer.
@@ -45,15 +47,16 @@ def translate(exc: BaseException) -> RStreamError:
     """Map a redis-py error onto rstream's exception tree."""
     text = str(exc)
     if isinstance(exc, (rex.AuthenticationError, rex.AuthorizationError)):
-        return FatalRedisError(f"authentication failed: {text}")
-    if isinstance(exc, rex.NoPermissionError):
-        return FatalRedisError(f"ACL permission missing: {text}")
+        return AuthenticationFailed(f"authentication failed: {text}")
+    if isinstance(exc, rex.NoPermissionError) or text.startswith("NOPERM") \
+            or _SCRIPT_ACL_REFUSAL in text:
+        return PermissionDenied(f"ACL permission missing: {text}")
     for cls, code, kind in _BY_CLASS:
         if isinstance(exc, cls):
             return kind(f"{code} {text}")
     if isinstance(exc, (rex.ConnectionError, rex.TimeoutError, OSError)):
         if "invalid password" in text.lower() or "WRONGPASS" in text or "NOAUTH" in text:
-            return FatalRedisError(f"authentication failed: {text}")
+            return AuthenticationFailed(f"authentication failed: {text}")
         if isinstance(tls.handshake_refusal(exc), ssl.SSLCertVerificationError):
             # Only from a handshake (Link._connect says more); other SSL errors mid-stream
             # are a broken connection like any other.
@@ -63,9 +66,13 @@ def translate(exc: BaseException) -> RStreamError:
         return GroupMissing(text)
     if text.startswith(_TRANSIENT_PREFIXES):
         return RedisUnavailable(text)
+    if text.startswith("WRONGTYPE"):
+        return WrongType(text)
+    if text.startswith(("NOAUTH", "WRONGPASS")):
+        return AuthenticationFailed(f"authentication failed: {text}")
     if text.startswith(_FATAL_PREFIXES):
         return FatalRedisError(text)
-    return RStreamError(text)
+    return ServerError(text)
 
 
 def _stream_gone_while_blocked(text: str) -> bool:

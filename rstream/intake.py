@@ -1,14 +1,20 @@
-"""The one way entries enter the pipeline: from reads, replays, claims and retries."""
+"""The one way entries enter the pipeline: from reads, replays, claims and retries.
+
+Every entry comes in under a `Grant` of in-flight slots, which `deliver` spends on what was
+read; deleted entries (no fields left) take no slot and go straight to `Settlements` as acks.
+"""
 from __future__ import annotations
 
 import logging
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
-from .dispatch import Ledger, WorkerPool
+from .dispatch import WorkerPool
 from .errors import RStreamError
 from .failover import missing_ids
 from .message import Message
+from .ledger import Grant, Ledger
 from .redisio import StreamOps
+from .settlements import Settlements
 from .stats import Counters
 
 log = logging.getLogger("rstream")
@@ -18,11 +24,11 @@ class Intake:
     """Admits entries to the ledger, hands them to the pool, and sends deleted ones to be acked."""
 
     def __init__(self, ledger: Ledger, pool: WorkerPool, counters: Counters,
-                 ack_deleted: Callable[[List[str]], None], me: str) -> None:
+                 settlements: Settlements, me: str) -> None:
         self._ledger = ledger
         self._pool = pool
         self._counters = counters
-        self._ack_deleted = ack_deleted
+        self._ack_deleted = settlements.put_acks
         self._me = me
         self._closed = False
 
@@ -31,15 +37,14 @@ class Intake:
         server and is replayed at the next start or claimed by another consumer."""
         self._closed = True
 
-    def deliver(self, reserved: int, messages: List[Message], deleted: List[str],
+    def deliver(self, grant: Grant, messages: List[Message], deleted: List[str],
                 counter: str = "") -> None:
-        """Deliver what a read returned, inside a reservation of `reserved` ledger slots.
-        Deleted entries (no fields: the stream entry was deleted or trimmed) are acked, never handled."""
+        """Deliver what a read returned, spending `grant` on it. Deleted entries (no fields:
+        the stream entry was deleted or trimmed) are acked, never handled."""
         if self._closed:
-            self._ledger.admit(reserved, (), 0)
+            grant.close()
             return
-        ids = [m.id for m in messages]
-        self._ledger.admit(reserved, ids, len(messages))
+        grant.admit([m.id for m in messages])
         amounts = {"delivered": len(messages)}
         if counter:
             amounts[counter] = len(messages)
@@ -50,7 +55,7 @@ class Intake:
         self._counters.add(**amounts)
         self._pool.submit(messages)
 
-    def claim(self, ops: StreamOps, reserved: int, ids: Sequence[str], min_idle_ms: int,
+    def claim(self, ops: StreamOps, grant: Grant, ids: Sequence[str], min_idle_ms: int,
               attempts: Dict[str, int], counter: str, count_vanished: bool,
               dead: Optional[str] = None) -> Optional[int]:
         """XCLAIM `ids` into this consumer and deliver them; returns how many were delivered,
@@ -62,19 +67,15 @@ class Intake:
         process using this consumer's name, whose handler may be running it: it is left alone.
         One no longer pending anywhere was deleted (Redis 7+ drops it) or acked by someone;
         counted as deleted when `count_vanished` and the stream no longer has it."""
-        try:
+        with grant:
             read = ops.claim(ids, min_idle_ms, attempts, dead)
-        except BaseException:
-            self._ledger.admit(reserved, (), 0)
-            raise
-        if read is None:
-            self._ledger.admit(reserved, (), 0)
-            return None
-        messages, deleted = read
+            if read is None:
+                return None
+            messages, deleted = read
+            self.deliver(grant, messages, deleted, counter)
         returned = {m.id for m in messages}
         returned.update(deleted)
         missing = missing_ids(ids, returned)
-        self.deliver(reserved, messages, deleted, counter)
         if missing:
             try:
                 found = ops.whereabouts(missing)

@@ -3,6 +3,8 @@
 Reads block on the server for up to `receive_interval`, so a new entry arrives at once. While
 entries flow, the next read is sent before the current batch is delivered (the server prepares
 the next reply while this process decodes and dispatches), and acks ride in the same write.
+Each read holds a `Grant` of in-flight slots from the moment it is sent until its reply is
+delivered or it fails; a grant closes on every path (see `rstream.ledger`).
 """
 from __future__ import annotations
 
@@ -10,25 +12,24 @@ import collections
 import threading
 from typing import Deque, Optional, Tuple
 
-from .acker import Acker
-from .dispatch import Ledger
 from .intake import Intake
+from .ledger import Grant, Ledger
 from .options import Options
-from .redisio import StreamOps
+from .redisio import EMPTY_PLAN, SettlePlan, StreamOps
 from .settle import SettleBatch
-
+from .settlements import Settlements
 
 # Reads kept outstanding while entries flow (slots permitting, see max_in_flight).
 PIPELINE_DEPTH = 2
 
 
 class Reader:
-    def __init__(self, ops: StreamOps, options: Options, ledger: Ledger, acker: Acker,
+    def __init__(self, ops: StreamOps, options: Options, ledger: Ledger, settlements: Settlements,
                  intake: Intake, stop: threading.Event) -> None:
         self.ops = ops
         self._o = options
         self._ledger = ledger
-        self._acker = acker
+        self._settlements = settlements
         self._intake = intake
         self._stop = stop
         self.replay_done = threading.Event()
@@ -37,8 +38,13 @@ class Reader:
         # that has to be created again resumes after it, so nothing added meanwhile is skipped.
         self.last_seen = ""
         self._flowing = False  # the last read came back full: more entries are waiting
-        # Reads sent and not yet collected, oldest first: (reserved, batch, replies).
-        self._out: Deque[Tuple[int, SettleBatch, int]] = collections.deque()
+        # Reads sent and not yet collected, oldest first, with the acks each carried.
+        self._out: Deque[Tuple[Grant, SettleBatch, SettlePlan]] = collections.deque()
+
+    @property
+    def reads_out(self) -> int:
+        """Reads sent and not yet collected (for tests of the pipelining)."""
+        return len(self._out)
 
     def step(self) -> Optional[float]:
         if not self.replay_done.is_set():
@@ -48,18 +54,14 @@ class Reader:
         return None
 
     def _replay_page(self) -> None:
-        reserved = self._ledger.reserve(self._o.batch_size, self._stop)
-        if not reserved:
-            return
-        try:
-            (messages, deleted), after = self.ops.read_own_page(self._after, reserved)
-        except BaseException:
-            self._ledger.admit(reserved, (), 0)
-            raise
-        if after == self._after:
-            self.replay_done.set()
-        self._after = after
-        self._intake.deliver(reserved, messages, deleted, counter="replayed")
+        with self._ledger.reserve(self._o.batch_size, self._stop) as grant:
+            if not grant:
+                return
+            (messages, deleted), after = self.ops.read_own_page(self._after, grant.size)
+            if after == self._after:
+                self.replay_done.set()
+            self._after = after
+            self._intake.deliver(grant, messages, deleted, counter="replayed")
 
     def _read_new(self) -> None:
         if not self._out:
@@ -68,51 +70,49 @@ class Reader:
             self._send(self._ledger.reserve(self._o.batch_size, self._stop), flowing=self._flowing)
             if not self._out:
                 return
-        reserved, batch, replies = self._out.popleft()
-        try:
-            self._acker.sent(batch, self.ops.finish_settle(batch, replies))
-        except BaseException:
-            self._ledger.admit(reserved, (), 0)
-            self._acker.restore(batch)
-            raise
-        try:
+        grant, batch, plan = self._out.popleft()
+        with grant:
+            try:
+                result = self.ops.finish_settle(plan)
+            except BaseException:
+                self._settlements.restore(batch)
+                raise
+            self._settlements.settled(batch, result.acked, result.dead_lettered)
             messages, deleted = self.ops.finish_read()
-        except BaseException:
-            self._ledger.admit(reserved, (), 0)
-            raise
-        if messages:
-            self.last_seen = messages[-1].id
-        self._flowing = len(messages) + len(deleted) >= reserved
-        self._acker.set_reader_flowing(self._flowing)
-        try:
-            # A full batch: more is waiting. Keep reads queued on the server while this one is
-            # delivered, so it never waits for this process between two replies.
-            while self._flowing and len(self._out) < PIPELINE_DEPTH:
-                granted = self._ledger.reserve(self._o.batch_size, self._stop, wait_s=0)
-                if not granted:
-                    break
-                self._send(granted, flowing=True)
-        finally:
-            self._intake.deliver(reserved, messages, deleted)
+            if messages:
+                self.last_seen = messages[-1].id
+            self._flowing = len(messages) + len(deleted) >= grant.size
+            self._settlements.set_reader_flowing(self._flowing)
+            try:
+                # A full batch: more is waiting. Keep reads queued on the server while this one
+                # is delivered, so it never waits for this process between two replies.
+                while self._flowing and len(self._out) < PIPELINE_DEPTH:
+                    more = self._ledger.reserve(self._o.batch_size, self._stop, wait_s=0)
+                    if not more:
+                        break
+                    self._send(more, flowing=True)
+            finally:
+                self._intake.deliver(grant, messages, deleted)
 
-    def _send(self, reserved: int, flowing: bool) -> None:
+    def _send(self, grant: Grant, flowing: bool) -> None:
         """Send a read. While entries flow it carries the waiting acks and does not BLOCK: a
         blocked read would hold up every command queued behind it on this connection. After
         a short read it BLOCKs for new entries, and acks stay with the acker thread."""
-        if not reserved:
+        if not grant:
             return
-        batch = self._acker.take_for_send() if flowing else SettleBatch()
+        batch = self._settlements.take_for_read() if flowing else SettleBatch()
+        plan = self.ops.plan(batch) if batch else EMPTY_PLAN
         try:
-            replies = self.ops.send_read(batch, reserved, None if flowing else self._o.receive_interval)
+            self.ops.send_read(plan, grant.size, None if flowing else self._o.receive_interval)
         except BaseException:
-            self._ledger.admit(reserved, (), 0)
-            self._acker.restore(batch)
+            grant.close()
+            self._settlements.restore(batch)
             raise
-        self._out.append((reserved, batch, replies))
+        self._out.append((grant, batch, plan))
 
     def abandon(self) -> None:
-        """Release the reservations of reads that will never be collected (at stop)."""
+        """Release the grants of reads that will never be collected (at stop)."""
         while self._out:
-            reserved, batch, _ = self._out.popleft()
-            self._ledger.admit(reserved, (), 0)
-            self._acker.restore(batch)
+            grant, batch, _ = self._out.popleft()
+            grant.close()
+            self._settlements.restore(batch)

@@ -42,7 +42,7 @@ import hiredis
 from . import _hotpath as hot
 from . import scripts
 from .connection import Link, server_version, translate
-from .errors import FatalRedisError, GroupMissing, RStreamError, StreamMissing
+from .errors import FatalRedisError, GroupMissing, PermissionDenied, RStreamError, StreamMissing, WrongType
 from .failover import ConsumerInfo, PendingEntry, parse_consumers, parse_pending
 from .message import Message
 from .options import Options
@@ -81,6 +81,47 @@ class SettleResult:
     dead_lettered: int = 0
 
 
+_ACK, _ACK_AND_DELETE, _DEAD_LETTER = "XACK", "MULTI XACK XDEL EXEC", "dead-letter script"
+
+
+@dataclasses.dataclass(frozen=True)
+class SettlePlan:
+    """The commands that settle one batch, packed in one write, and how to read their replies:
+    `steps` says, in order, what each group of replies belongs to and how many it has."""
+
+    packed: bytes
+    steps: Tuple[Tuple[str, int], ...]
+    acks: int
+
+    @property
+    def replies(self) -> int:
+        return sum(n for _, n in self.steps)
+
+    def check(self, replies: Sequence[Any]) -> SettleResult:
+        """Raise the first error among the replies; else what the server settled."""
+        result = SettleResult()
+        at = 0
+        for what, n in self.steps:
+            mine = replies[at:at + n]
+            at += n
+            for reply in mine:
+                _raise_if_error(reply)
+            if what == _DEAD_LETTER:
+                result.dead_lettered += int(mine[0])
+                continue
+            if what == _ACK_AND_DELETE:
+                for reply in mine[-1]:  # EXEC's reply holds each queued command's
+                    _raise_if_error(reply)
+            # XACK counts only entries still pending: one acked twice (a re-sent batch whose
+            # first reply was lost) is settled all the same.
+            result.acked += self.acks
+        return result
+
+
+EMPTY_PLAN = SettlePlan(b"", (), 0)
+_MULTI, _EXEC = b"*1\r\n$5\r\nMULTI\r\n", b"*1\r\n$4\r\nEXEC\r\n"
+
+
 Read = Tuple[List[Message], List[str]]  # messages, ids of deleted entries
 
 
@@ -93,7 +134,7 @@ class StreamOps:
         self._group_args = ("XREADGROUP", "GROUP", options.group, options.consumer_name)
         # The hot commands are packed by hiredis from names encoded once (half redis-py's cost).
         stream, group = link.encode(options.stream), link.encode(options.group)
-        self._ack_prefix = (b"XACK", stream, group)
+        self._stream_b, self._group_b = stream, group
         self._read_head = (b"XREADGROUP", b"GROUP", group, link.encode(options.consumer_name), b"COUNT")
         self._read_tail = (b"STREAMS", stream, b">")
 
@@ -101,10 +142,8 @@ class StreamOps:
     def check_server(self) -> Optional[Tuple[str, Tuple[int, ...]]]:
         try:
             name, version = server_version(self.link.call("INFO", "server"))
-        except FatalRedisError as exc:
-            if "NOPERM" in str(exc) or "permission" in str(exc):
-                return None  # a minimal ACL user may not run INFO; XREADGROUP errors will tell
-            raise
+        except PermissionDenied:
+            return None  # a minimal ACL user may not run INFO; XREADGROUP errors will tell
         if name == "redis" and version < MIN_SERVER_VERSION:
             raise FatalRedisError(f"unsupported server: Redis {'.'.join(map(str, version))}; "
                                   "rstream needs Redis 6.2 or newer (or Valkey)")
@@ -121,33 +160,36 @@ class StreamOps:
             raise StreamMissing(f"stream {self.o.stream!r} does not exist (make_stream=False)")
         return GroupState(status, *rest)
 
-    def key_types(self) -> Dict[str, str]:
-        """The type of the stream key and the dead-letter key ("none" when absent)."""
-        keys = [k for k in (self.o.stream, self.o.dead_letter_stream) if k is not None]
-        replies = self.link.pipeline([("TYPE", k) for k in keys])
-        return {k: _text(_raise_if_error(t)) for k, t in zip(keys, replies)}
+    def check_key_types(self) -> None:
+        """Raise `WrongType` naming the stream or dead-letter key if one holds another type
+        (skipped when the ACL does not allow TYPE: the commands' own errors will tell)."""
+        roles = {self.o.stream: "the stream"}
+        if self.o.dead_letter_stream is not None:
+            roles[self.o.dead_letter_stream] = "dead_letter_stream"
+        try:
+            replies = self.link.pipeline([("TYPE", k) for k in roles])
+            types = {k: _text(_raise_if_error(t)) for k, t in zip(roles, replies)}
+        except PermissionDenied:
+            return
+        wrong = {k: t for k, t in types.items() if t not in ("stream", "none")}
+        if wrong:
+            key = next(iter(wrong))
+            raise WrongType("WRONGTYPE: " + "; ".join(
+                f"key {k!r} ({roles[k]}) holds a {t}, not a stream" for k, t in wrong.items()), key)
 
     # -- reading -----------------------------------------------------------------------------
-    def send_read(self, batch: SettleBatch, count: int, block_ms: Optional[int]) -> int:
-        """Send the batch's settle commands and a read of new entries in one write; returns
-        the number of replies `finish_read` must collect."""
-        if batch.dead_letters or (batch.acks and self.o.delete_on_ack):
-            commands = self._settle_commands(batch)
-            packed = b"".join(_pack(*c) for c in commands)
-        else:
-            commands = [()] if batch.acks else []
-            packed = _pack(*self._ack_prefix, *batch.acks) if batch.acks else b""
+    def send_read(self, plan: "SettlePlan", count: int, block_ms: Optional[int]) -> None:
+        """Send the plan's settle commands and a read of new entries in one write; collect
+        with `finish_settle(plan)`, then `finish_read()`."""
         block = (b"BLOCK", block_ms) if block_ms is not None else ()
-        packed += _pack(*self._read_head, count, *block, *self._read_tail)
-        self.link.send(packed)
-        return len(commands) + 1
+        self.link.send(plan.packed + _pack(*self._read_head, count, *block, *self._read_tail))
 
-    def finish_settle(self, batch: SettleBatch, replies_expected: int) -> SettleResult:
+    def finish_settle(self, plan: "SettlePlan") -> SettleResult:
         """Collect the replies of the settle commands `send_read` sent ahead of its read: they
         come back at once, while the read itself may still be blocked on the server."""
-        replies = self.link.read(replies_expected - 1)
+        replies = self.link.read(plan.replies)
         try:
-            return self._check_settle(batch, replies)
+            return plan.check(replies)
         except RStreamError:
             # Keep the connection in step: the read's reply is still to come (with NOGROUP the
             # read failed too; anything it did deliver is found again by the stray check).
@@ -177,46 +219,39 @@ class StreamOps:
 
     # -- settling ----------------------------------------------------------------------------
     def settle(self, batch: SettleBatch) -> SettleResult:
-        commands = self._settle_commands(batch)
-        return self._check_settle(batch, self.link.pipeline(commands) if commands else [])
+        """Send the batch's settle commands on their own and check the replies."""
+        plan = self.plan(batch)
+        if not plan.replies:
+            return SettleResult()
+        self.link.send(plan.packed)
+        return plan.check(self.link.read(plan.replies))
 
-    def _settle_commands(self, batch: SettleBatch) -> List[Sequence[Any]]:
+    def plan(self, batch: SettleBatch) -> "SettlePlan":
+        """The commands that settle `batch`, packed, with how to read their replies: XACK (in
+        MULTI with XDEL for `delete_on_ack`), then one dead-letter script per dead letter."""
+        if not batch:
+            return EMPTY_PLAN
         o = self.o
-        commands: List[Sequence[Any]] = []
+        packed: List[bytes] = []
+        steps: List[Tuple[str, int]] = []
         if batch.acks:
+            ack = _pack(*hot.ack_args(self._stream_b, self._group_b, batch.acks))
             if o.delete_on_ack:
-                commands += [("MULTI",), hot.ack_args(o.stream, o.group, batch.acks),
-                             ("XDEL", o.stream, *batch.acks), ("EXEC",)]
+                packed += [_MULTI, ack, _pack(b"XDEL", self._stream_b, *batch.acks), _EXEC]
+                steps.append((_ACK_AND_DELETE, 4))
             else:
-                commands.append(hot.ack_args(o.stream, o.group, batch.acks))
+                packed.append(ack)
+                steps.append((_ACK, 1))
         for message, error in batch.dead_letters:
             flat: List[Any] = [x for pair in message.fields.items() for x in pair]
             flat += ["rstream-stream", o.stream, "rstream-id", message.id, "rstream-group", o.group,
                      "rstream-consumer", o.consumer_name, "rstream-attempt", message.attempt,
                      "rstream-error", error]
-            commands.append(("EVAL", scripts.DEAD_LETTER, 2, o.stream, o.dead_letter_stream,
-                             o.group, message.id, int(o.delete_on_ack), *flat))
-        return commands
-
-    def _check_settle(self, batch: SettleBatch, replies: Sequence[Any]) -> SettleResult:
-        result = SettleResult()
-        for reply in replies:
-            _raise_if_error(reply)
-        replies = list(replies)
-        if batch.acks:
-            if self.o.delete_on_ack:
-                exec_reply = _raise_if_error(replies[3])
-                for reply in exec_reply:
-                    _raise_if_error(reply)
-                replies = replies[4:]
-            else:
-                replies.pop(0)
-            # XACK counts only entries still pending: one acked twice (a re-sent batch whose
-            # first reply was lost) is settled all the same.
-            result.acked = len(batch.acks)
-        for reply in replies:
-            result.dead_lettered += int(reply)
-        return result
+            packed.append(_pack(b"EVAL", scripts.DEAD_LETTER, 2, self._stream_b,
+                                self.link.encode(o.dead_letter_stream), self._group_b, message.id,
+                                int(o.delete_on_ack), *(self.link.encode(x) for x in flat)))
+            steps.append((_DEAD_LETTER, 1))
+        return SettlePlan(b"".join(packed), tuple(steps), len(batch.acks))
 
     # -- liveness and failover ---------------------------------------------------------------
     def heartbeat(self) -> None:
@@ -231,7 +266,7 @@ class StreamOps:
             ("EVAL", scripts.FENCE, 1, key, token, ttl_ms, int(registered)),
         ])
         _raise_if_error(replies[0])
-        if isinstance(replies[1], RStreamError) and _acl_refused(replies[1]):
+        if isinstance(replies[1], PermissionDenied):
             return None
         verdict = _raise_if_error(replies[1])
         return verdict if isinstance(verdict, int) else _text(verdict)
@@ -306,12 +341,6 @@ def _pack(*args: Any) -> bytes:
 
 def _text(value: Any) -> str:
     return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else str(value)
-
-
-def _acl_refused(exc: RStreamError) -> bool:
-    """The ACL refused a key or a command (inside a script, Redis says it in other words)."""
-    text = str(exc)
-    return any(sign in text for sign in ("NOPERM", "permission", "can't run this command"))
 
 
 def _raise_if_error(reply: Any) -> Any:

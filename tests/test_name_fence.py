@@ -179,10 +179,11 @@ def test_a_claim_lost_to_a_process_under_the_same_name_is_not_a_deletion(
     when the stream no longer has the entry; otherwise another process under this name holds
     it and it is left alone."""
     from rstream.connection import ConnectionFactory
-    from rstream.dispatch import Ledger
     from rstream.intake import Intake
+    from rstream.ledger import Ledger
     from rstream.options import Options
     from rstream.redisio import StreamOps
+    from rstream.settlements import Settlements
     from rstream.stats import Counters
 
     names = stream_names
@@ -193,7 +194,6 @@ def test_a_claim_lost_to_a_process_under_the_same_name_is_not_a_deletion(
         r.xdel(names.stream, entry)
     options = Options.build(stream=names.stream, group=names.group, consumer_name=names.consumer)
     ops = StreamOps(ConnectionFactory(redis.Redis.from_url(redis_url), names.stream).make("t"), options)
-    acked: List[str] = []
     counters = Counters()
 
     class Pool:
@@ -201,13 +201,15 @@ def test_a_claim_lost_to_a_process_under_the_same_name_is_not_a_deletion(
             pass
 
     ledger = Ledger(10)
-    intake = Intake(ledger, Pool(), counters, acked.extend, names.consumer)  # type: ignore[arg-type]
+    settlements = Settlements(ledger, counters)
+    intake = Intake(ledger, Pool(), counters, settlements, names.consumer)  # type: ignore[arg-type]
     # A min-idle far above the entry's idle: XCLAIM returns nothing, as when another process
     # under this name has just read it.
-    reserved = ledger.reserve(1, threading.Event())
-    intake.claim(ops, reserved, [entry], 10_000_000, {entry: 2}, counter="claimed",
+    grant = ledger.reserve(1, threading.Event())
+    intake.claim(ops, grant, [entry], 10_000_000, {entry: 2}, counter="claimed",
                  count_vanished=True)
     ops.link.close()
+    acked = settlements.take_all().acks
     still_pending = bool(r.xpending_range(names.stream, names.group, entry, entry, 1))
     if kind == "deleted":
         # Redis 6.2 leaves it pending here (acked now); Redis 7+ dropped it from the PEL itself.

@@ -1,117 +1,62 @@
-"""The heartbeat and reaper threads' steps.
+"""The reaper thread's step: failover, this consumer's strays, and its due retries.
 
-Heartbeat: a history read past the last possible id returns nothing but resets this consumer's
-idle time in XINFO CONSUMERS, so liveness is kept by the server's clock. With it goes the name
-check (`NameFence`): a second live process under this consumer's name fences the older one.
-
-Reaper: every heartbeat interval (sooner when another consumer is about to cross the dead
-threshold), (1) claims the pending entries of consumers idle longer than
+Every heartbeat interval (sooner when another consumer is about to cross the dead threshold),
+(1) claims the pending entries of consumers idle longer than
 `heartbeat_interval * allowed_missed_heartbeats`, page by page, each page only while its owner
 still looks dead (checked in the claiming script), and never from a look at XINFO CONSUMERS
-that a stall inflated (`failover.verdicts_stale`), (2) removes such consumers once
-their pending lists are empty (atomically, by script), and (3) re-delivers this consumer's own
+that a stall inflated (`failover.verdicts_stale`), (2) removes such consumers once their
+pending lists are empty (atomically, by script), and (3) re-delivers this consumer's own
 strays: entries pending for it that it does not hold (a read whose reply was lost, an entry put
-in its pending list by another client).
+in its pending list by another client). Between looks it re-delivers failed entries whose retry
+is due, taken from `Settlements`: the same claim path (XCLAIM to itself), with priority for
+in-flight slots over new reads.
 """
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import threading
 import time
-import uuid
 from typing import List, Optional, Tuple
 
-from .dispatch import Ledger
-from .errors import FatalRedisError
 from .failover import (ConsumerInfo, claim_page, dead_consumers, next_check_ms, next_start,
                        stray_entries, verdicts_stale)
+from .heartbeat import rest_of
 from .intake import Intake
+from .ledger import Ledger
 from .options import Options
 from .redisio import StreamOps
+from .settlements import Settlements, mono_ms
 
 log = logging.getLogger("rstream")
 
-
-# Shortest wait between two steps, so that a late step never turns into a busy loop.
-MIN_WAIT_S = 0.001
-
-
-def _rest_of(period_s: float, started: float) -> float:
-    """What remains of a period that began at `started` (monotonic): steps keep a fixed rate
-    instead of drifting by their own duration, which would eat into the dead threshold."""
-    return max(MIN_WAIT_S, period_s - (time.monotonic() - started))
-
-
-class NameFence:
-    """Which process holds this consumer's name. Each instance has its own token; the newest
-    instance to start writes it, and an older one that finds another token there stops (as
-    Kafka fences an old instance with the same static member id): two processes under one
-    name would take each other's entries for their own."""
-
-    def __init__(self, key: str, options: Options) -> None:
-        self.key = key
-        self.token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        # Long enough to outlive a stall this instance survives, short enough not to linger.
-        self.ttl_ms = 2 * options.dead_after_ms + options.heartbeat_interval
-        self.held = False
-        self.lost_to: Optional[str] = None
-        self.refused = False  # the ACL does not let this user use the key: no fencing
-
-    @property
-    def active_key(self) -> Optional[str]:
-        return None if self.refused else self.key
-
-
-class Heartbeat:
-    def __init__(self, ops: StreamOps, options: Options, fence: NameFence) -> None:
-        self.ops = ops
-        self.fence = fence
-        self._o = options
-        self._interval_s = options.heartbeat_interval / 1000
-
-    def step(self) -> Optional[float]:
-        started = time.monotonic()
-        self.beat()
-        return _rest_of(self._interval_s, started)
-
-    def beat(self) -> None:
-        """Reset this consumer's idle time and check that this process still holds its name."""
-        fence = self.fence
-        if fence.refused:
-            self.ops.heartbeat()
-            return
-        verdict = self.ops.beat_and_fence(fence.key, fence.token, fence.ttl_ms, fence.held)
-        if verdict is None:
-            fence.refused = True
-            log.warning("rstream: the ACL user may not use key %r (GET and SET), so rstream cannot "
-                        "check that consumer name %r is used by one process only; see the README's "
-                        "minimal ACL", fence.key, self._o.consumer_name)
-        elif isinstance(verdict, str):
-            fence.lost_to = verdict
-            o = self._o
-            raise FatalRedisError(
-                f"consumer {o.consumer_name!r} of group {o.group!r} on stream {o.stream!r} is "
-                f"used by another process started later ({verdict.rsplit(':', 1)[0]}); this one "
-                f"({fence.token.rsplit(':', 1)[0]}) stops. Consumer names must be unique among "
-                "live consumers: give each process its own name")
-        if verdict == 1:
-            fence.held = True
+# A retry's XCLAIM min-idle is the time since its handler finished, less this margin: the
+# server's idle time of the entry is at least that, so only another consumer's claim meanwhile
+# (which resets it) makes XCLAIM leave the entry where it is.
+RETRY_IDLE_MARGIN_MS = 50
 
 
 class Reaper:
     def __init__(self, ops: StreamOps, options: Options, ledger: Ledger, intake: Intake,
-                 stop: threading.Event, replay_done: threading.Event) -> None:
+                 settlements: Settlements, stop: threading.Event,
+                 replay_done: threading.Event) -> None:
         self.ops = ops
         self._o = options
         self._ledger = ledger
         self._intake = intake
+        self._settlements = settlements
         self._stop = stop
         self._replay_done = replay_done
+        self._look_at = 0.0     # monotonic: when to look at XINFO CONSUMERS next
         self._judge_after = 0.0  # monotonic: no dead verdicts before it (after a stall)
 
     def step(self) -> Optional[float]:
+        if time.monotonic() >= self._look_at:
+            self._look()
+        self._redeliver_due()
+        self._settlements.wait_for_retry(self._look_at - time.monotonic())
+        return None
+
+    def _look(self) -> None:
         dead_after = self._o.dead_after_ms
         observed_at = time.monotonic()
         consumers = self.ops.consumers()
@@ -135,7 +80,25 @@ class Reaper:
                                 self._o.heartbeat_interval)
         if now < self._judge_after:
             wait_ms = min(wait_ms, int((self._judge_after - now) * 1000) + 1)
-        return _rest_of(wait_ms / 1000, observed_at)
+        self._look_at = time.monotonic() + rest_of(wait_ms / 1000, observed_at)
+
+    def _redeliver_due(self) -> None:
+        """Deliver again, to this consumer, the failed entries whose retry is due."""
+        while not self._stop.is_set() and self._settlements.retry_due_in_s() == 0:
+            with self._ledger.reserve(self._o.batch_size, self._stop, priority=True) as grant:
+                due = self._settlements.take_due_retries(grant.size) if grant else []
+                if not due:
+                    return
+                now = mono_ms()
+                min_idle = max(0, min(now - item.handled_at_ms for item in due) - RETRY_IDLE_MARGIN_MS)
+                attempts = {item.id: item.attempt + 1 for item in due}
+                try:
+                    self._intake.claim(self.ops, grant, [item.id for item in due], min_idle,
+                                       attempts, counter="retried", count_vanished=False)
+                except BaseException:
+                    for item in due:
+                        self._settlements.retry_later(item)
+                    raise
 
     def _reap(self, dead: List[ConsumerInfo], dead_after: int) -> None:
         for consumer in dead:
@@ -168,12 +131,12 @@ class Reaper:
             if strays and page:
                 page = stray_entries(page, self._ledger.held())
             if page:
-                reserved = self._ledger.reserve(len(page), self._stop, first=True)
-                if not reserved:
+                grant = self._ledger.reserve(len(page), self._stop, priority=True)
+                if not grant:
                     break
-                taken = page[:reserved]
+                taken = page[:grant.size]
                 ids, attempts, min_idle = claim_page(taken)
-                claimed = self._intake.claim(self.ops, reserved, ids, min_idle, attempts,
+                claimed = self._intake.claim(self.ops, grant, ids, min_idle, attempts,
                                              counter=counter, count_vanished=not strays,
                                              dead=None if strays else consumer)
                 if claimed is None:
