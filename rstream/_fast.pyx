@@ -110,17 +110,6 @@ def compare_ids(a, b):
     return 0
 
 
-def id_after(value):
-    """The smallest id greater than ``value`` (an exclusive range start that works on Redis < 6.2)."""
-    cdef uint64_t ms, seq
-    _parse_or_raise(value, &ms, &seq)
-    if seq < _MAX_PART:
-        return f"{ms}-{seq + 1}"
-    if ms < _MAX_PART:
-        return f"{ms + 1}-0"
-    raise ValueError(f"no stream id after {value!r}")
-
-
 def decode_read_reply(reply):
     """XREAD/XREADGROUP reply -> ``[(stream_key, entries), ...]`` (None, RESP2 list or RESP3 map)."""
     if reply is None:

@@ -69,16 +69,6 @@ def compare_ids(a: IdLike, b: IdLike) -> int:
     return (left > right) - (left < right)
 
 
-def id_after(value: IdLike) -> str:
-    """The smallest id greater than ``value`` (an exclusive range start that works on Redis < 6.2)."""
-    ms, seq = parse_id(value)
-    if seq < MAX_ID_PART:
-        return f"{ms}-{seq + 1}"
-    if ms < MAX_ID_PART:
-        return f"{ms + 1}-0"
-    raise ValueError(f"no stream id after {value!r}")
-
-
 def decode_read_reply(reply: Any) -> List[Tuple[Any, Any]]:
     """XREAD/XREADGROUP reply -> ``[(stream_key, entries), ...]``.
 

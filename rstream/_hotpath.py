@@ -15,12 +15,12 @@ IMPLEMENTATION: str
 if os.environ.get("RSTREAM_NO_EXTENSIONS") != "1":
     try:
         from rstream._fast import (
+            MAX_ID_PART,
             ack_args,
             compare_ids,
             decode_entries,
             decode_read_reply,
             format_id,
-            id_after,
             parse_id,
         )
     except ImportError:
@@ -32,18 +32,19 @@ else:
 
 if not COMPILED:
     from rstream._fast_py import (
+        MAX_ID_PART,
         ack_args,
         compare_ids,
         decode_entries,
         decode_read_reply,
         format_id,
-        id_after,
         parse_id,
     )
 
 IMPLEMENTATION = "cython" if COMPILED else "python"
 
 __all__ = [
+    "MAX_ID_PART",
     "COMPILED",
     "IMPLEMENTATION",
     "ack_args",
@@ -51,6 +52,5 @@ __all__ = [
     "decode_entries",
     "decode_read_reply",
     "format_id",
-    "id_after",
     "parse_id",
 ]

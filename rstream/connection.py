@@ -283,5 +283,3 @@ def server_version(info: Any) -> Tuple[str, Tuple[int, ...]]:
     version = tuple(int(part) for part in raw.split(".") if part.isdigit())
     return name, version
 
-
-Reply = Union[Any, RStreamError]

@@ -26,6 +26,7 @@ from .errors import (ConfigError, FatalRedisError, RedisUnavailable, RStreamErro
                      WrongType)
 from .handlers import FailureHandler, Handler, is_async_callable
 from .intake import Intake
+from . import _hotpath as hot
 from ._hotpath import IMPLEMENTATION
 from .heartbeat import Heartbeat, NameFence
 from .ledger import Ledger
@@ -339,7 +340,9 @@ class Consumer:
             elif self._stream_was_missing:
                 log.info("rstream: stream %r appeared; consumer group %r created at 0, so its "
                          "first entries are delivered", o.stream, o.group)
-        elif not self._reader.last_seen:
+        elif not self._reader.last_seen or hot.compare_ids(state.position, self._reader.last_seen) > 0:
+            # The group is further on than this consumer has read (others read it too): a
+            # re-creation resuming there skips nothing this consumer could still get.
             self._reader.last_seen = state.position
 
     def _on_fatal(self, exc: FatalRedisError) -> None:
@@ -411,7 +414,7 @@ class Consumer:
         for link in self._links:
             try:
                 link.close()
-            except Exception:  # closing is best effort
+            except Exception:  # noqa: BLE001 - closing is best effort
                 pass
 
     def _install_signal_handlers(self) -> Callable[[], None]:

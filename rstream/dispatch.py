@@ -10,7 +10,7 @@ from __future__ import annotations
 import collections
 import threading
 import time
-from typing import Callable, Deque, Iterable, List, Optional, Set, Tuple
+from typing import Callable, Deque, List, Optional, Set, Tuple
 
 from .handlers import reject_awaitable
 from .message import Message
@@ -178,7 +178,7 @@ class WorkerPool:
                     result = handler(message)
                     if result is not None:  # the usual None costs one comparison, nothing more
                         reject_awaitable(result)
-                except BaseException as exc:  # noqa: B036 - a handler's exception is an outcome
+                except BaseException as exc:  # noqa: BLE001 - a handler's exception is an outcome
                     failures.append((message, exc))
                 else:
                     ok.append(message.id)

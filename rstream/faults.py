@@ -18,6 +18,8 @@ from .errors import (AuthenticationFailed, FatalRedisError, GroupMissing, Permis
                      WrongType)
 
 _FATAL_PREFIXES = ("ERR unknown command", "ERR unknown subcommand", "NOSCRIPT", "CROSSSLOT")
+# A command a script calls refused at maxmemory, as Redis 6.2 words it.
+_SCRIPT_OOM = "-OOM command not allowed"
 # A command a script calls that the user's ACL refuses (Redis 7 and 6.2 say it so).
 _SCRIPT_ACL_REFUSAL = "The user executing the script can't run this command"
 # XINFO's answer when the stream is gone: the same fault as NOGROUP, the same cure.
@@ -66,6 +68,8 @@ def translate(exc: BaseException) -> RStreamError:
         return GroupMissing(text)
     if text.startswith(_TRANSIENT_PREFIXES):
         return RedisUnavailable(text)
+    if _SCRIPT_OOM in text:  # Redis 6.2 wraps a refusal inside a script in its own text
+        return RedisOutOfMemory(text)
     if text.startswith("WRONGTYPE"):
         return WrongType(text)
     if text.startswith(("NOAUTH", "WRONGPASS")):

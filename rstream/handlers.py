@@ -26,7 +26,8 @@ def is_async_callable(obj: Any) -> bool:
     if inspect.isfunction(obj) or inspect.ismethod(obj) or isinstance(obj, type):
         # Calling a class builds an instance: its async __call__ is not what runs.
         return False
-    return _is_async_function(getattr(type(obj), "__call__", None))
+    # The class's __call__, not callable(): what matters is whether calling it is async.
+    return _is_async_function(getattr(type(obj), "__call__", None))  # noqa: B004
 
 
 def _is_async_function(obj: Any) -> bool:

@@ -9,6 +9,7 @@ import dataclasses
 import difflib
 from typing import Any, Collection, Optional
 
+from . import _hotpath as hot
 from .errors import ConfigError
 from .handlers import FailureHandler, is_async_callable
 
@@ -136,7 +137,8 @@ def _start_id(value: Any) -> None:
         raise ConfigError(f"group_start_id must be a str, got {type(value).__name__} {value!r}")
     if value in _SPECIAL_START_IDS:
         return
-    ms, sep, seq = value.partition("-")
-    if not (ms.isdigit() and ms.isascii() and (not sep or (seq.isdigit() and seq.isascii()))):
+    try:
+        hot.parse_id(value if "-" in value else value + "-0")  # "1700000000000" means "...-0"
+    except ValueError:
         raise ConfigError(
-            f"group_start_id must be '$', '0' or a stream id like '1700000000000-0', got {value!r}")
+            f"group_start_id must be '$', '0' or a stream id like '1700000000000-0', got {value!r}") from None

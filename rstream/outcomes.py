@@ -57,7 +57,7 @@ class Outcomes:
         if self._o.handle_failure is not None:
             try:
                 self._o.handle_failure(message, error)
-            except BaseException as exc:  # must not kill the worker or leak its slots
+            except BaseException as exc:  # noqa: BLE001 - must not kill the worker or leak its slots
                 broken = exc
         else:
             # With the traceback: the handler's own frames are where the user has to look.

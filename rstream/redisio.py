@@ -18,7 +18,7 @@ the scripts are in `rstream.scripts`, with the commands each calls:
 - ``XACK S G id...`` — settle; with `delete_on_ack`: ``MULTI / XACK S G id... / XDEL S id... / EXEC``.
 - ``EVAL <dead-letter> 2 S D G id del field value...`` — if the entry is still pending
   (``XPENDING``), ``XADD`` it to D, then ``XACK`` (and ``XDEL`` with `delete_on_ack`), atomically.
-- ``XREADGROUP GROUP G ME COUNT 1 STREAMS S 18446744073709551615`` with
+- ``XREADGROUP GROUP G ME COUNT 1 STREAMS S 18446744073709551615-0`` with
   ``EVAL <fence> 1 F <token> <ttl> <held>`` — the heartbeat (returns nothing, resets ME's idle in
   XINFO CONSUMERS) and the name check (``GET``, ``SET F token PX ttl``), in one round trip.
 - ``XINFO CONSUMERS S G`` — liveness of the other consumers (reaper).
@@ -49,8 +49,10 @@ from .options import Options
 from .settle import SettleBatch
 
 MIN_SERVER_VERSION = (6, 2)
-# A history read past every possible id: returns nothing, but counts as an interaction.
-HEARTBEAT_ID = "18446744073709551615"
+# A history read past every possible id: returns nothing, but counts as an interaction. Not
+# MAX-MAX: the server reads history after the id given, and MAX-MAX + 1 wraps round to 0-0,
+# which would deliver this consumer's whole pending list again.
+HEARTBEAT_ID = hot.format_id(hot.MAX_ID_PART, 0)
 FENCE_PREFIX = "rstream:fence:"
 
 

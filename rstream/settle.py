@@ -129,6 +129,3 @@ class RetrySchedule:
         while self._heap and len(due) < limit and self._heap[0].due_ms <= now_ms:
             due.append(heapq.heappop(self._heap))
         return due
-
-    def ids(self) -> List[str]:
-        return [item.id for item in self._heap]

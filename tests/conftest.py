@@ -16,6 +16,9 @@ import pytest
 import redis
 
 from helpers import SpawnedProcess, spawn_consumer, unique_name
+# Fixtures every test module may use: TLS certificates and server, a Redis Sentinel.
+from sentinelkit import sentinel  # noqa: F401
+from tlskit import certs, tls_server  # noqa: F401
 import rstream
 from rstream.embedded import EmbeddedServer, find_server_binary, server_version
 

@@ -1,10 +1,8 @@
 """A real Redis Sentinel for tests: the server binary run in sentinel mode on a free port.
 
 `SentinelProcess` watches one or more masters; `sentinel` is a fixture watching the test's
-`redis_server` as "mymaster". Failover tests can start replicas, lower `down_after_ms` and
-wait on `master_address()` to change. A test module uses the fixture by importing it::
-
-    from sentinelkit import sentinel  # noqa: F401 - a fixture
+`redis_server` as "mymaster" (conftest.py imports it, so any test may name it). Failover tests
+can start replicas, lower `down_after_ms` and wait on `master_address()` to change.
 """
 from __future__ import annotations
 

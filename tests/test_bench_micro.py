@@ -34,7 +34,8 @@ REPLY: List[List[Any]] = [
 TWINS = [
     pytest.param(_fast_py, id="python"),
     pytest.param(compiled, id="cython", marks=pytest.mark.skipif(
-        compiled is None, reason=f"rstream._fast not built (RSTREAM_NO_EXTENSIONS={os.environ.get('RSTREAM_NO_EXTENSIONS')})")),
+        compiled is None,
+        reason=f"rstream._fast not built (RSTREAM_NO_EXTENSIONS={os.environ.get('RSTREAM_NO_EXTENSIONS')})")),
 ]
 
 

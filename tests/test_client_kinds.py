@@ -25,8 +25,8 @@ import rstream
 from clusterkit import local_cluster
 from helpers import add_entries, unique_name, wait_until
 from rstream.embedded import EmbeddedServer
-from sentinelkit import MASTER_NAME, SentinelProcess, sentinel  # noqa: F401 - a fixture
-from tlskit import Certs, TlsServer, certs, tls_server  # noqa: F401 - fixtures
+from sentinelkit import MASTER_NAME, SentinelProcess
+from tlskit import Certs, TlsServer
 
 DEFAULT_ADDRESS = ("127.0.0.1", 6379)
 FAST: Dict[str, Any] = dict(receive_interval=100, heartbeat_interval=100, make_stream=True,

@@ -222,7 +222,7 @@ def test_group_destroyed_stream_deleted_flushall_each_recovered_without_hot_loop
         batch = publish(r, stream_names.stream, 50, start=len(ids))  # XADD recreates a stream
         ids += batch
         wait_until(lambda: _group_exists(r, stream_names), 15, message=f"group not back after {label}")
-        wait_until(lambda: rec.has_all(batch), 15, message=f"consumption stopped after {label}")
+        wait_until(lambda ids=batch: rec.has_all(ids), 15, message=f"consumption stopped after {label}")
     print(f"commands/s in the 2 s after each fault (make_stream={make_stream}): {rates}")
     assert all(rate < MAX_COMMANDS_PER_S for rate in rates.values()), rates
     assert consumer.stats().group_recreated >= len(VANISHINGS)
@@ -277,7 +277,7 @@ def test_stream_replaced_by_string_at_runtime_stops_run_with_clear_error(
     def run() -> None:
         try:
             consumer.run(rec, stop_timeout=5)
-        except BaseException as exc:  # noqa: B036 - reported to the test thread
+        except BaseException as exc:  # noqa: BLE001 - reported to the test thread
             raised.append(exc)
 
     runner = threading.Thread(target=run, name="test-run")

@@ -29,7 +29,7 @@ def _in_child(work: Callable[[], Dict[str, Any]], timeout: float = 30.0) -> Dict
             os.close(read_fd)
             try:
                 report = work()
-            except BaseException as exc:  # noqa: B036 - reported to the parent
+            except BaseException as exc:  # noqa: BLE001 - reported to the parent
                 report, code = {"child_error": repr(exc)}, 1
             os.write(write_fd, json.dumps(report).encode())
         finally:
@@ -73,7 +73,7 @@ def _raises(call: Callable[[], Any]) -> str:
         call()
     except rstream.RStreamError as exc:
         return f"RStreamError: {exc}"
-    except BaseException as exc:  # noqa: B036 - the wrong exception is what the test reports
+    except BaseException as exc:  # noqa: BLE001 - the wrong exception is what the test reports
         return f"other: {exc!r}"
     return "returned"
 

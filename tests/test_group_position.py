@@ -95,12 +95,13 @@ def test_restarts_without_persistence_skip_nothing_a_producer_wrote(
     producer.start()
     try:
         for restart in range(3):
-            wait_until(lambda: len(producer.ids) > 50 * (restart + 1), 10, message="producer stuck")
+            wait_until(lambda n=50 * (restart + 1): len(producer.ids) > n, 10, message="producer stuck")
             # What the old server held dies with it (no persistence): the test settles it first.
             producer.paused.set()
             producer.idle.wait(5)
             settled = list(producer.ids)
-            wait_until(lambda: rec.has_all(settled), 20, message=f"not consumed before restart {restart}")
+            wait_until(lambda ids=settled: rec.has_all(ids), 20,
+                       message=f"not consumed before restart {restart}")
             redis_server.kill()
             redis_server.start()
             producer.paused.clear()  # writes at once, before the consumer has noticed

@@ -12,7 +12,7 @@ from rstream import _fast_py, _hotpath
 
 OPTED_OUT = os.environ.get("RSTREAM_NO_EXTENSIONS") == "1"
 FUNCTIONS = (
-    "parse_id", "format_id", "compare_ids", "id_after", "decode_read_reply", "decode_entries", "ack_args",
+    "parse_id", "format_id", "compare_ids", "decode_read_reply", "decode_entries", "ack_args",
 )
 REPO = Path(__file__).resolve().parents[1]
 
@@ -50,5 +50,5 @@ def test_opt_out_switch_works_in_a_fresh_process() -> None:
 
 def test_selector_exports_every_function() -> None:
     """The selector re-exports the whole hot-path API and names it in __all__."""
-    assert set(FUNCTIONS) | {"COMPILED", "IMPLEMENTATION"} == set(_hotpath.__all__)
+    assert set(FUNCTIONS) | {"COMPILED", "IMPLEMENTATION", "MAX_ID_PART"} == set(_hotpath.__all__)
     assert all(callable(getattr(_hotpath, name)) for name in FUNCTIONS)

@@ -186,24 +186,6 @@ def test_compare_ids_matches(a: Any, b: Any) -> None:
         assert result[1][1] == (left > right) - (left < right)
 
 
-@needs_compiled
-@PARITY
-@given(st.one_of(ids, any_ids))
-def test_id_after_matches(value: Any) -> None:
-    """id_after agrees, gives an id greater than its input, and nothing lies between them."""
-    result = assert_same("id_after", value)
-    if result[0] == "returned":
-        ms, seq = pure.parse_id(value)
-        assert pure.parse_id(result[1][1]) == ((ms, seq + 1) if seq < MAX else (ms + 1, 0))
-
-
-@needs_compiled
-@pytest.mark.parametrize("value", [f"{MAX}-{MAX}", f"{MAX}-{MAX}".encode()])
-def test_id_after_max_raises(value: Any) -> None:
-    """There is no id after the maximum one: both raise the same ValueError."""
-    assert assert_same("id_after", value)[1] is ValueError
-
-
 # --- replies ----------------------------------------------------------------------------------
 
 @needs_compiled

@@ -74,7 +74,7 @@ def test_three_processes_under_one_name_sigkilled_mid_handler_lose_nothing(
     children = [spawn(CHILD, redis_url, names.stream, names.group, names.consumer, marks, "3")
                 for _ in range(3)]
     for child in children:
-        wait_until(lambda: "ready" in child.output(), 20, message="a child did not start")
+        wait_until(lambda child=child: "ready" in child.output(), 20, message="a child did not start")
     ids: List[str] = []
     tick = threading.Event()
     for n in range(12):  # 60 entries over ~1.2 s: each process reads some

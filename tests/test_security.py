@@ -16,7 +16,7 @@ from faultkit import Recorder, command_calls, new_consumer, pending, publish, rs
 from helpers import wait_until
 from rstream import Consumer, FatalRedisError, Message, RStreamError
 from rstream.embedded import EmbeddedServer, find_server_binary
-from tlskit import Certs, TlsServer, certs, tls_server  # noqa: F401 - fixtures
+from tlskit import Certs, TlsServer
 
 PASSWORD = "s3cret-Pa55word-xyzzy"
 USER = "rstream-app"
@@ -188,7 +188,7 @@ def test_permission_missing_at_runtime_stops_run_with_clear_error(
     def run() -> None:
         try:
             consumer.run(Recorder(), stop_timeout=5)
-        except BaseException as exc:  # noqa: B036 - reported to the test thread
+        except BaseException as exc:  # noqa: BLE001 - reported to the test thread
             raised.append(exc)
 
     runner = threading.Thread(target=run, name="test-run")

