@@ -1,4 +1,4 @@
-"""The benchmark harness of issue 5: `python bench/run.py [--quick]` (see bench/README.md).
+"""The benchmark harness: `python bench/run.py [--quick]` (see bench/README.md).
 
 The parent (`run.py`, `cases.py`) starts one Redis server, fills streams and creates groups; every
 measurement runs in a child process (`drain.py`, `latency.py`, `decode.py`, `failover_case.py`)

@@ -1,4 +1,4 @@
-"""The cases of issue 5, run by the parent against its one server; each measurement is a child process.
+"""The benchmark cases, run by the parent against its one server; each measurement is a child process.
 
 Every case fills its own stream once; each measured run then drains the same entries through a new
 consumer group created at id 0, so runs see identical data without copying it. A case deletes its

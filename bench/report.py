@@ -1,4 +1,4 @@
-"""Turn the cases' results into the printed table, the targets of issue 5 and the JSON document."""
+"""Turn the cases' results into the printed table, the targets and the JSON document."""
 from __future__ import annotations
 
 import dataclasses

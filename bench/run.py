@@ -1,4 +1,4 @@
-"""Run every benchmark case of issue 5 against one private Redis server; print a table, write JSON.
+"""Run every benchmark case against one private Redis server; print a table, write JSON.
 
     python bench/run.py [--quick] [--json out.json] [--redis-server PATH] [--cases drain,latency]
 

@@ -1,4 +1,4 @@
-"""The loop every rstream thread runs, with the fault handling of SPEC section 6 in one place.
+"""The loop every rstream thread runs, with the fault handling in one place (ARCHITECTURE.md, Faults).
 
 A thread is a `step` called until its stop event is set; the step does one read/decide/write
 round and returns how long to wait before the next one. Faults are handled here:

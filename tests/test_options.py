@@ -1,4 +1,4 @@
-"""Option validation (SPEC section 2): every bad value is a `ConfigError` naming the option.
+"""Option validation: every bad value is a `ConfigError` naming the option.
 
 No server is needed: a Consumer validates its options when it is built and connects only when it
 starts. The URL below points at a port nothing listens on, and nothing ever dials it.

@@ -1,6 +1,6 @@
-"""Failures, retries, retry_after and dead-lettering against a real server (SPEC section 4, issue 4).
+"""Failures, retries, retry_after and dead-lettering against a real server.
 
-Tests 1-8 of issue 4 come first, then the edges: drops without a dead-letter stream, a retry on
+The README's Failure handling cases come first, then the edges: drops without a dead-letter stream, a retry on
 the last attempt, delete_on_ack with dead letters, the dead-letter entry's fields and binary data.
 """
 from __future__ import annotations
@@ -85,7 +85,7 @@ def _dead_letters(r: redis.Redis, stream: str) -> List[Tuple[str, Dict[bytes, by
     return [(i.decode(), fields) for i, fields in r.xrange(stream)]
 
 
-# -- issue 4, tests 1-8 ---------------------------------------------------------------------------
+# -- the Failure handling cases ---------------------------------------------------------------------------
 def test_1_a_failed_message_is_acked_and_counted_by_default(
         r: redis.Redis, make_consumer: Factory, stream_names: Any, caplog: pytest.LogCaptureFixture) -> None:
     """No handle_failure: a handler that raises gets its entry acked (the seed's default), counted

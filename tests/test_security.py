@@ -1,6 +1,6 @@
-"""Issue 6, security (SPEC section 6): a minimal ACL user, wrong credentials, TLS, no password in logs.
+"""Security: a minimal ACL user, wrong credentials, TLS, no password in logs.
 
-The minimal ACL here is the one docs/security.md documents; if rstream starts sending another
+The minimal ACL here is the one the README (A minimal ACL user) documents; if rstream starts sending another
 command, the end-to-end test fails on it (NOPERM) and both must change together.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ from tlskit import Certs, TlsServer
 
 PASSWORD = "s3cret-Pa55word-xyzzy"
 USER = "rstream-app"
-# The commands rstream needs (docs/security.md). XADD only for the dead-letter stream, XDEL
+# The commands rstream needs (README, A minimal ACL user). XADD only for the dead-letter stream, XDEL
 # only with delete_on_ack; INFO and CLIENT|SETINFO are optional (see OPTIONAL_DENIED).
 MINIMAL_COMMANDS = ("-@all +xreadgroup +xack +xpending +xclaim +xinfo|consumers +xinfo|groups "
                     "+xgroup|create +xgroup|delconsumer +xadd +xdel +xrange +type +multi +exec "

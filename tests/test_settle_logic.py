@@ -1,6 +1,6 @@
 """The pure failure logic of rstream.settle: verdicts, retry times, the retry schedule.
 
-No server, no threads: these pin the decision table of SPEC section 4 one row at a time; the
+No server, no threads: these pin the failure decision table (README, Failure handling) one row at a time; the
 integration tier (test_retries.py) proves the consumer carries the decisions out.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 6, the chaos soak: consumer processes SIGKILLed and restarted, Redis killed once.
+"""The chaos soak: consumer processes SIGKILLed and restarted, Redis killed once.
 
 4 consumer processes share one group while 100,000 entries are published. Every ~2 s a random
 consumer is frozen (SIGSTOP), its pending count read (what it may handle twice), then SIGKILLed
