@@ -1,7 +1,8 @@
 """rstream: consume a Redis Stream as a member of a consumer group.
 
 At-least-once delivery, heartbeats, failover that claims a dead consumer's pending entries,
-retries, dead-lettering and a thread-pool dispatcher for your handler::
+retries, dead-lettering and a thread-pool dispatcher for your handler (how it works:
+ARCHITECTURE.md in the repository)::
 
     import rstream
 

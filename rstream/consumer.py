@@ -2,10 +2,11 @@
 
 Threads (each with its own connection, so a blocking read never delays the others):
 ``rstream-reader`` (replay, then blocking reads), ``rstream-worker-N`` (the handler pool),
-``rstream-acker`` (acks, dead letters, retries), ``rstream-reaper`` (failover) and
-``rstream-heartbeat``. Shutdown order, written once in `stop()`: stop intake (reader and reaper),
-let the workers finish what was read, flush acks, stop the acker, and stop the heartbeat last so
-the consumer looks alive while it drains.
+``rstream-acker`` (acks the reader does not carry, dead letters), ``rstream-reaper`` (failover,
+strays, due retries) and ``rstream-heartbeat`` (liveness and the name fence). Shutdown order,
+written once in `_shutdown`: stop intake (reader and reaper), let the workers finish what was
+read, flush acks, stop the acker, and stop the heartbeat last so the consumer looks alive while
+it drains. ARCHITECTURE.md draws the whole picture.
 """
 from __future__ import annotations
 
