@@ -21,7 +21,7 @@ class Stats:
     replayed: int = 0         # own pending entries delivered again at start or by the own-pending check
     group_recreated: int = 0  # times the consumer group had to be created again (NOGROUP)
     outages: int = 0          # times the server became unreachable
-    in_flight: int = 0        # read but not yet settled
+    in_flight: int = 0        # read, handler not finished yet (its slot is freed when it returns)
     waiting_retries: int = 0  # failed entries waiting for their retry
 
 
