@@ -132,6 +132,7 @@ class FakeRedis:
         self.calls: List[Call] = []
         self.violations: List[str] = []
         self.ledger: Optional[Ledger] = None
+        self.consumer: Optional[Consumer] = None  # the FakeConsumer on it, once built
         self.reader_flowing = False      # the reader's last collected read came back full
         self._rules: List[Rule] = []
 
@@ -206,8 +207,13 @@ class FakeRedis:
         call = self.record(link.role, name, **detail)
         with self.cond:
             matched = [rule for rule in self._rules if rule.matches(call)]
-        for hook in (r for r in matched if isinstance(r, Hook)):
-            hook.fn(call)
+        try:
+            for hook in (r for r in matched if isinstance(r, Hook)):
+                hook.fn(call)
+        except BaseException:
+            with self.cond:
+                link.out.clear()  # as a Link drops its connection on an unexpected error
+            raise
         with self.cond:
             for hold in (r for r in matched if isinstance(r, Hold)):
                 hold.reached.set()
@@ -488,6 +494,7 @@ class FakeConsumer(Consumer):
         super().__init__("redis://fake.invalid:6379/0", redis.stream, redis.group, consumer_name,
                          **options)
         self.fake = redis
+        redis.consumer = self
 
     def _ops(self, role: str, read_timeout_s: float = IO_TIMEOUT_S,
              read_size: int = 65536) -> StreamOps:

@@ -10,6 +10,7 @@ otherwise decide. Every test ends in `stop_and_check`: no grant leaked, nothing 
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import pytest
@@ -18,7 +19,7 @@ from fakeops import DEADLINE_S, Call, FakeConsumer, FakeRedis
 from helpers import wait_until
 from rstream import Message, reader, settle, settlements
 from rstream.errors import FatalRedisError, GroupMissing, RedisUnavailable, ServerError
-from rstream.settlements import now_ms
+from rstream.settlements import ACK_DELAY_S, now_ms
 from rstream.supervise import Loop
 
 # Small batches, short BLOCK reads, frequent beats; nobody is judged dead unless a test asks.
@@ -114,11 +115,22 @@ def test_reads_pipeline_two_deep_while_entries_flow_then_one_blocking_read(
 def test_acks_ride_on_the_next_read_while_flowing_and_the_acker_sends_only_after_a_short_read(
         fake: FakeRedis, start: Start, monkeypatch: pytest.MonkeyPatch) -> None:
     """While batches flow each batch's acks go in the write of the next read sent after its handlers finish; the acker thread sends acks only once the reader's last read came back short."""
-    # The acker's fallback for a stalled reader (acks older than 10 ms) is put out of reach, and
-    # each collection waits until the handlers are done: only the routing is left to see.
+    # The acker's fallback for a stalled reader (acks older than 10 ms) is put out of reach and
+    # it looks every millisecond; each collection waits until the handlers are done and their
+    # acks are older than an acker would let them wait for a blocked reader: timing cannot
+    # hide an acker that sends acks while the reader flows.
     monkeypatch.setattr(settlements, "FLOWING_ACK_DELAY_S", 60.0)
-    fake.before("finish_read", role="reader", fn=lambda call: wait_until(
-        lambda: fake.ledger is not None and fake.ledger.in_flight == 0, DEADLINE_S, 0.001))
+    monkeypatch.setattr(settlements, "IDLE_WAIT_S", 0.001)
+
+    def handlers_done_and_acks_old(call: Call) -> None:
+        ledger, consumer = fake.ledger, fake.consumer
+        assert ledger is not None and consumer is not None
+        waiting = consumer._settlements
+        wait_until(lambda: ledger.in_flight == 0 and (
+            waiting._oldest is None or time.monotonic() - waiting._oldest > 3 * ACK_DELAY_S),
+            DEADLINE_S, 0.001)
+
+    fake.before("finish_read", handlers_done_and_acks_old, role="reader")
     ids = fake.add(100)
     consumer = start(lambda m: None, max_in_flight=1000)
     wait_until(all_acked(fake, ids), DEADLINE_S)
@@ -344,3 +356,27 @@ def test_a_fatal_error_while_start_is_still_starting_threads_stops_the_consumer(
     wait_until(lambda: consumer.state == "failed", DEADLINE_S)
     assert isinstance(consumer.error, FatalRedisError)
     stop_and_check(consumer)
+
+
+def test_a_claim_answered_after_stop_began_is_not_handled_and_gives_its_grant_back(
+        fake: FakeRedis, start: Start) -> None:
+    """A retry whose claim is answered after stop() began is not handed to a handler: the entry stays pending for the next start, and the claim's grant comes back."""
+    ids = fake.add(1)
+    attempts: List[int] = []
+
+    def handler(message: Message) -> None:
+        attempts.append(message.attempt)
+        raise RuntimeError("fails")
+
+    def answer_once_stopping(call: Call) -> None:
+        consumer = fake.consumer
+        assert consumer is not None
+        wait_until(lambda: consumer._intake._closed, DEADLINE_S)
+
+    fake.before("claim", answer_once_stopping, role="reaper")
+    consumer = start(handler, max_attempts=3)
+    wait_until(lambda: fake.log("claim"), DEADLINE_S)
+    stop_and_check(consumer)
+    assert _claim_of(fake, ids[0]), "the claim was answered"
+    assert attempts == [1]
+    assert fake.pending_ids("me") == ids and not fake.acked
