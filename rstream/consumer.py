@@ -129,7 +129,12 @@ class Consumer:
         self._pool.start()
         for loop in self._loops:
             loop.start()
-        self._state = "running"
+        with self._lifecycle:
+            self._state = "running"
+        if self._fatal is not None:
+            # A thread failed fatally while the others were starting: the stop() of _on_fatal
+            # found the state "starting" and did nothing, so stop now.
+            self._on_fatal(self._fatal)
         return self
 
     def run(self, handler: Handler, stop_timeout: float = DEFAULT_STOP_TIMEOUT_S) -> None:
