@@ -100,8 +100,8 @@ class Reader:
         if not grant:
             return
         batch = self._settlements.take_for_read() if flowing else SettleBatch()
-        plan = self.ops.plan(batch) if batch else EMPTY_PLAN
         try:
+            plan = self.ops.plan(batch) if batch else EMPTY_PLAN
             self.ops.send_read(plan, grant.size, None if flowing else self._o.receive_interval)
         except BaseException:
             grant.close()

@@ -217,7 +217,7 @@ class FakeRedis:
         with self.cond:
             for hold in (r for r in matched if isinstance(r, Hold)):
                 hold.reached.set()
-                if not self.cond.wait_for(lambda: hold.released or link.aborted, DEADLINE_S):
+                if not self.cond.wait_for(lambda h=hold: h.released or link.aborted, DEADLINE_S):
                     self.violations.append(f"call {call.seq} ({name}) held and never released")
             if link.aborted:
                 link.out.clear()

@@ -77,7 +77,8 @@ def all_acked(fake: FakeRedis, ids: List[str]) -> Callable[[], bool]:
 # -- read pipelining ---------------------------------------------------------------------------
 def test_reads_pipeline_two_deep_while_entries_flow_then_one_blocking_read(
         fake: FakeRedis, start: Start) -> None:
-    """While full batches flow the reader keeps exactly 2 reads outstanding, never more; after a short read it sends one BLOCKing read, alone."""
+    """While full batches flow the reader keeps exactly 2 reads outstanding, never more; after a short
+    read it sends one BLOCKing read, alone."""
     assert reader.PIPELINE_DEPTH == 2
     ids = fake.add(100)
     consumer = start(lambda m: None, max_in_flight=1000)  # slots never limit the pipeline
@@ -114,7 +115,8 @@ def test_reads_pipeline_two_deep_while_entries_flow_then_one_blocking_read(
 # -- acks riding on reads ----------------------------------------------------------------------
 def test_acks_ride_on_the_next_read_while_flowing_and_the_acker_sends_only_after_a_short_read(
         fake: FakeRedis, start: Start, monkeypatch: pytest.MonkeyPatch) -> None:
-    """While batches flow each batch's acks go in the write of the next read sent after its handlers finish; the acker thread sends acks only once the reader's last read came back short."""
+    """While batches flow each batch's acks go in the write of the next read sent after its handlers
+    finish; the acker thread sends acks only once the reader's last read came back short."""
     # The acker's fallback for a stalled reader (acks older than 10 ms) is put out of reach and
     # it looks every millisecond; each collection waits until the handlers are done and their
     # acks are older than an acker would let them wait for a blocked reader: timing cannot
@@ -206,7 +208,8 @@ FAILURES: Dict[str, Any] = {
 @pytest.mark.parametrize("case", list(FAILURES))
 def test_the_in_flight_bound_holds_and_every_grant_comes_back_after(
         case: str, fake: FakeRedis, start: Start, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Whatever fails, reserved + in_flight <= max_in_flight at every call, every entry is acked in the end, and the ledger ends with 0 reserved and 0 in flight."""
+    """Whatever fails, reserved + in_flight <= max_in_flight at every call, every entry is acked in the
+    end, and the ledger ends with 0 reserved and 0 in flight."""
     name, error, nth, role, make_handler, options = FAILURES[case]
     monkeypatch.setattr(settle, "BROKEN_HANDLER_RETRY_MS", 10)  # its length is not tested here
     if case == "read_own_page raises":
@@ -223,7 +226,8 @@ def test_the_in_flight_bound_holds_and_every_grant_comes_back_after(
 
 def test_a_fatal_error_while_reads_are_outstanding_stops_the_consumer_with_every_grant_back(
         fake: FakeRedis, start: Start) -> None:
-    """A fatal error collecting a pipelined read stops the consumer by itself, and the grants of the reads still outstanding come back."""
+    """A fatal error collecting a pipelined read stops the consumer by itself, and the grants of the
+    reads still outstanding come back."""
     fake.add(60)
     fault = fake.fail("finish_read", FatalRedisError("NOPERM"), nth=3)
     consumer = start(lambda m: None, max_in_flight=40)
@@ -255,7 +259,8 @@ def _reads_between_failure_and_claim(fake: FakeRedis, entry_id: str) -> List[Cal
 
 def test_a_due_retry_is_redelivered_within_a_few_reads_of_a_flowing_stream(
         fake: FakeRedis, start: Start) -> None:
-    """With max_in_flight == batch_size and a stream that keeps flowing, a due retry takes the next freed slots (claimed within 2 reads, not starved), and full reads go on after it."""
+    """With max_in_flight == batch_size and a stream that keeps flowing, a due retry takes the next
+    freed slots (claimed within 2 reads, not starved), and full reads go on after it."""
     ids = fake.add(500)
 
     def paced(call: Call) -> None:
@@ -286,7 +291,8 @@ def test_a_due_retry_is_redelivered_within_a_few_reads_of_a_flowing_stream(
 
 def test_an_idle_reader_holding_every_slot_for_its_blocking_reads_does_not_starve_a_due_retry(
         fake: FakeRedis, start: Start) -> None:
-    """With max_in_flight == batch_size a reader blocked on an empty stream re-reserves every slot at each BLOCK timeout; a retry that comes due still gets slots at the next one."""
+    """With max_in_flight == batch_size a reader blocked on an empty stream re-reserves every slot at
+    each BLOCK timeout; a retry that comes due still gets slots at the next one."""
     ids = fake.add(1)
     consumer = start(_fail_once(fake, ids[0], retry_after_ms=100), max_in_flight=10,
                      max_attempts=3, receive_interval=50)
@@ -299,7 +305,9 @@ def test_an_idle_reader_holding_every_slot_for_its_blocking_reads_does_not_starv
 # -- stop: order, and what it leaves pending ---------------------------------------------------
 def test_stop_cuts_reads_off_drains_handlers_and_acks_them_before_the_heartbeat_stops(
         fake: FakeRedis, start: Start) -> None:
-    """stop() with two reads outstanding and handlers running: the reads are cut off (their entries stay pending, never acked), the handlers finish and are acked, beats go on while draining, and the last ack comes before the last beat."""
+    """stop() with two reads outstanding and handlers running: the reads are cut off (their entries
+    stay pending, never acked), the handlers finish and are acked, beats go on while draining, and
+    the last ack comes before the last beat."""
     ids = fake.add(40)
     go, started = threading.Event(), threading.Event()
     handled: List[str] = []
@@ -341,7 +349,8 @@ def test_stop_cuts_reads_off_drains_handlers_and_acks_them_before_the_heartbeat_
 # -- start ---------------------------------------------------------------------------------------
 def test_a_fatal_error_while_start_is_still_starting_threads_stops_the_consumer(
         fake: FakeRedis, start: Start, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A thread that fails fatally before start() returns (when its own stop() is too early to act) still stops the consumer."""
+    """A thread that fails fatally before start() returns (when its own stop() is too early to act)
+    still stops the consumer."""
     fake.fail("beat", FatalRedisError("NOPERM"), nth=2)  # the 1st is start()'s own check
     start_loop = Loop.start
 
@@ -360,7 +369,8 @@ def test_a_fatal_error_while_start_is_still_starting_threads_stops_the_consumer(
 
 def test_a_claim_answered_after_stop_began_is_not_handled_and_gives_its_grant_back(
         fake: FakeRedis, start: Start) -> None:
-    """A retry whose claim is answered after stop() began is not handed to a handler: the entry stays pending for the next start, and the claim's grant comes back."""
+    """A retry whose claim is answered after stop() began is not handed to a handler: the entry stays
+    pending for the next start, and the claim's grant comes back."""
     ids = fake.add(1)
     attempts: List[int] = []
 
