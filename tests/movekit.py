@@ -99,7 +99,7 @@ class Outcome:
     def line(self) -> str:
         resumed = "never" if self.resumed_after_s is None else f"{self.resumed_after_s:.2f} s"
         return (f"[{self.what}] written={self.written} lost-by-replication={self.lost} "
-                f"(of which handled before the fault: {self.lost_but_handled}) "
+                f"(of which handled: {self.lost_but_handled}) "
                 f"handled-twice={self.duplicates} first-handled-after-fault={resumed}")
 
 
