@@ -7,8 +7,10 @@ Links are made like the user's client makes its own (`rstream.clients`: URL, kwa
 (redis-py 8 defaults to RESP3, whose stream replies are maps), a socket timeout that fits the
 blocking read, and hiredis as the reply parser. A link connects through the connection's own
 `connect()`, never implicitly on first send: redis-py's implicit connect skips the master lookup
-of Sentinel-managed connections and would reach localhost:6379 instead. Errors come out of a
-link translated to rstream's tree (`rstream.faults`).
+of Sentinel-managed connections and would reach localhost:6379 instead. A link to a
+`RedisCluster` node follows the stream's slot: after a MOVED or READONLY reply, or a lost
+connection, its next connection goes where `ConnectionFactory.look_again` finds the slot now.
+Errors come out of a link translated to rstream's tree (`rstream.faults`).
 """
 from __future__ import annotations
 
