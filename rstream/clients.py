@@ -13,11 +13,17 @@ arguments or is looked up when they connect:
 
 Any other client is refused with a `ConfigError` saying why: following it would mean guessing
 an address, and redis-py's guess is localhost:6379, a server the user never named.
+
+A `RedisCluster`'s recipe can be looked up again (`Recipe.again`): when the stream's slot moves
+to another master (resharding, a replica taking over from a dead master), the client's map of
+the slots is read again from the cluster and the recipe names the node that owns the slot now.
+All the keys of one consumer (stream, dead-letter stream, fence key) hash to that one slot.
+A Sentinel-managed connection needs none: it asks the Sentinels for the master at every connect.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, Optional, Type
+from typing import Any, Callable, Dict, Optional, Type
 
 import redis
 from redis.connection import AbstractConnection, UnixDomainSocketConnection
@@ -62,16 +68,34 @@ def redact(url: str) -> str:
 @dataclasses.dataclass(frozen=True)
 class Recipe:
     """How to make a connection to the server a client reaches: `connection_class(**kwargs)`.
-    `where` names that server for log lines (never credentials)."""
+    `where` names that server for log lines (never credentials). `again`, for a server that
+    can move (a Redis Cluster node), looks the server up afresh and returns its recipe; it may
+    raise redis-py's errors (`rstream.faults.translate` maps them)."""
 
     connection_class: Type[AbstractConnection]
     kwargs: Dict[str, Any]
     where: str
+    again: Optional[Callable[[], "Recipe"]] = dataclasses.field(default=None, compare=False)
 
 
 def recipe_for(client: Any, stream: str) -> Recipe:
     """The recipe for connections to the server that holds `stream`, or a ConfigError naming
     the client and why rstream cannot follow it."""
+    recipe = _recipe_from(client, stream)
+    if _is_cluster(client):
+        return dataclasses.replace(recipe, again=lambda: _look_again(client, stream))
+    return recipe
+
+
+def _look_again(client: Any, stream: str) -> Recipe:
+    """After MOVED or a lost connection: the client reads the slot map from the cluster again
+    (CLUSTER SLOTS from any node it knows, `NodesManager.initialize`), then the recipe names
+    the master that owns the stream's slot now."""
+    client.nodes_manager.initialize()
+    return recipe_for(client, stream)
+
+
+def _recipe_from(client: Any, stream: str) -> Recipe:
     pool = _pool_for(client, stream)
     what = f"{type(client).__name__} with {type(pool).__name__}"
     cls = getattr(pool, "connection_class", None)
@@ -118,6 +142,10 @@ def check_same_slot(client: Any, stream: str, dead_letter_stream: Optional[str])
         raise ConfigError(
             f"dead_letter_stream {dead_letter_stream!r} must hash to the same Redis Cluster slot as "
             f"stream {stream!r}: give both the same hash tag, e.g. '{{orders}}' and '{{orders}}:dlq'")
+
+
+def _is_cluster(client: Any) -> bool:
+    return hasattr(client, "get_node_from_key") and hasattr(client, "nodes_manager")
 
 
 def _pool_for(client: Any, stream: str) -> Any:

@@ -7,15 +7,19 @@ Links are made like the user's client makes its own (`rstream.clients`: URL, kwa
 (redis-py 8 defaults to RESP3, whose stream replies are maps), a socket timeout that fits the
 blocking read, and hiredis as the reply parser. A link connects through the connection's own
 `connect()`, never implicitly on first send: redis-py's implicit connect skips the master lookup
-of Sentinel-managed connections and would reach localhost:6379 instead. Errors come out of a
-link translated to rstream's tree (`rstream.faults`).
+of Sentinel-managed connections and would reach localhost:6379 instead. A link to a
+`RedisCluster` node follows the stream's slot: after a MOVED or READONLY reply, or a lost
+connection, its next connection goes where `ConnectionFactory.look_again` finds the slot now.
+Errors come out of a link translated to rstream's tree (`rstream.faults`).
 """
 from __future__ import annotations
 
 import contextlib
+import logging
 import socket
+import threading
 import time
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import redis
 import redis.exceptions as rex
@@ -24,7 +28,7 @@ from redis.connection import AbstractConnection
 from redis.retry import Retry
 
 from . import tls
-from .clients import recipe_for
+from .clients import Recipe, recipe_for
 # Re-exported: the consumer and redisio take everything about connections from this module.
 from .clients import check_same_slot as check_same_slot
 from .clients import client_from_option as client_from_option
@@ -44,15 +48,25 @@ _PINNED = ("protocol", "socket_timeout", "socket_connect_timeout", "retry", "ret
 
 Command = Sequence[Any]
 Timeout = Optional[float]
+# Replies saying this connection's server no longer serves the stream: the slot moved to
+# another cluster node (MOVED), or a master was demoted to a replica (READONLY). The link drops
+# the connection and its next one goes where the server is now.
+_WRONG_SERVER = (rex.MovedError, rex.ReadOnlyError)
+
+log = logging.getLogger("rstream")
 
 
 class ConnectionFactory:
-    """Makes rstream's own connections to the server the client reaches for the stream."""
+    """Makes rstream's own connections to the server the client reaches for the stream, and
+    finds that server again when it moved (`look_again`)."""
 
     def __init__(self, client: Any, stream: str) -> None:
-        recipe = recipe_for(client, stream)
-        self._cls = recipe.connection_class
-        kwargs = recipe.kwargs
+        self._lock = threading.Lock()
+        self._generation = 0  # how many times the server was looked up again
+        self._use(recipe_for(client, stream))
+
+    def _use(self, recipe: Recipe) -> None:
+        kwargs = dict(recipe.kwargs)
         for key in _PINNED:
             kwargs.pop(key, None)
         self.decode_responses = bool(kwargs.get("decode_responses", False))
@@ -60,6 +74,8 @@ class ConnectionFactory:
         # with surrogates (``.encode("utf-8", "surrogateescape")`` gives its bytes back).
         if kwargs.get("encoding_errors", "strict") == "strict":
             kwargs["encoding_errors"] = "surrogateescape"
+        self._recipe = recipe
+        self._cls = recipe.connection_class
         self._kwargs = kwargs
         self._where = recipe.where
 
@@ -75,13 +91,49 @@ class ConnectionFactory:
             retry=Retry(NoBackoff(), 0),
             health_check_interval=0,
         )
+        with self._lock:
+            conn, generation = self._connection(pinned), self._generation
+        follow = _Follower(self, pinned, generation) if self._recipe.again is not None else None
+        return Link(conn, role, follow)
+
+    def _connection(self, pinned: Dict[str, Any]) -> AbstractConnection:
+        extra = dict(pinned)
         if issubclass(self._cls, redis.Connection):  # TCP only: a unix socket refuses the option
-            pinned["socket_keepalive"] = True
-        return Link(self._cls(**self._kwargs, **pinned), role)
+            extra["socket_keepalive"] = True
+        return self._cls(**self._kwargs, **extra)
+
+    def look_again(self, pinned: Dict[str, Any], seen: int) -> Tuple[AbstractConnection, int]:
+        """A connection to where the server is now, for a link whose last connection was made
+        at lookup `seen`. The first link to ask after a lookup looks again (a RedisCluster
+        reads the slot map); the others asking meanwhile take what it found, so a slot move
+        costs one lookup, not one per thread. Raises redis-py's errors untranslated."""
+        again = self._recipe.again
+        with self._lock:
+            if again is not None and seen == self._generation:
+                recipe = again()
+                if recipe.where != self._where:
+                    log.info("rstream: the stream moved from %s to %s", self._where, recipe.where)
+                self._use(recipe)
+                self._generation += 1
+            return self._connection(pinned), self._generation
 
     def describe(self) -> str:
         """host:port, socket path or Sentinel service (never credentials), for log lines."""
         return self._where
+
+
+class _Follower:
+    """How one link gets its next connection after its server moved or its connection was lost:
+    from `ConnectionFactory.look_again`, remembering which lookup it has seen."""
+
+    def __init__(self, factory: ConnectionFactory, pinned: Dict[str, Any], generation: int) -> None:
+        self._factory = factory
+        self._pinned = pinned
+        self._generation = generation
+
+    def __call__(self) -> AbstractConnection:
+        conn, self._generation = self._factory.look_again(self._pinned, self._generation)
+        return conn
 
 
 class Link:
@@ -93,9 +145,14 @@ class Link:
     (Redis 6.2 times it out as usual when its stream is deleted meanwhile).
     """
 
-    def __init__(self, conn: AbstractConnection, role: str) -> None:
+    def __init__(self, conn: AbstractConnection, role: str,
+                 follow: Optional[Callable[[], AbstractConnection]] = None) -> None:
         self._conn: Any = conn  # redis-py's Connection methods are untyped
         self.role = role
+        # Where the next connection comes from once this one was lost or told it is on the wrong
+        # server (a RedisCluster's slot moved): None for servers that stay where they are.
+        self._follow = follow
+        self._connected_before = False
         self.ok_at = 0.0
         self._sent_at = 0.0
         self._aborted = False
@@ -133,6 +190,8 @@ class Link:
             self._drop_if_stale()  # a syscall: only for a link that sat idle, not per hot read
         self._sent_at = now
         if self._conn._sock is None:
+            if self._connected_before and self._follow is not None:
+                self._relocate()
             self._connect()
         try:
             # send_packed_command iterates its argument: bytes must go in a list, not bare.
@@ -141,6 +200,14 @@ class Link:
         except (rex.RedisError, OSError) as exc:
             self._conn.disconnect()
             raise translate(exc) from None
+
+    def _relocate(self) -> None:
+        """Replace the lost connection by one to where the stream's server is now."""
+        try:
+            self._conn = self._follow() if self._follow is not None else self._conn
+        except (rex.RedisError, rex.RedisClusterException, OSError) as exc:
+            raise translate(exc) from None
+        self._cut_to_deadline()
 
     def _connect(self) -> None:
         """Open the connection with its own `connect()`, which is where a Sentinel-managed
@@ -156,6 +223,7 @@ class Link:
             short = tls.FIRST_HANDSHAKE_TIMEOUT_S
             _set_timeouts(conn, short if read_s is None else min(read_s, short),
                           conn.socket_connect_timeout)
+        self._connected_before = True
         try:
             conn.connect()
         except (rex.RedisError, OSError) as exc:  # AUTH/HELLO failures surface here too
@@ -182,6 +250,7 @@ class Link:
     def read(self, count: int) -> List[Any]:
         replies: List[Any] = []
         bounded = self._stop_at is not None or self._bound_at is not None
+        wrong_server = False
         try:
             for _ in range(count):
                 if bounded:
@@ -189,6 +258,7 @@ class Link:
                 try:
                     replies.append(self._conn.read_response())
                 except rex.ResponseError as exc:
+                    wrong_server = wrong_server or isinstance(exc, _WRONG_SERVER)
                     replies.append(translate(exc))
         except (rex.RedisError, OSError) as exc:
             self._conn.disconnect()
@@ -198,6 +268,8 @@ class Link:
             # the next command would read it as its own answer.
             self._conn.disconnect()
             raise
+        if wrong_server:
+            self._conn.disconnect()  # every reply is read: the next connect looks again
         self.ok_at = self._sent_at
         return replies
 

@@ -56,6 +56,10 @@ def translate(exc: BaseException) -> RStreamError:
     for cls, code, kind in _BY_CLASS:
         if isinstance(exc, cls):
             return kind(f"{code} {text}")
+    if isinstance(exc, rex.RedisClusterException):
+        # Reading a cluster's slot map again failed (no node reachable, the slot not covered
+        # while a replica takes over): the cluster is down for now.
+        return RedisUnavailable(f"cluster: {text or type(exc).__name__}")
     if isinstance(exc, (rex.ConnectionError, rex.TimeoutError, OSError)):
         if "invalid password" in text.lower() or "WRONGPASS" in text or "NOAUTH" in text:
             return AuthenticationFailed(f"authentication failed: {text}")

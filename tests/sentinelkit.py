@@ -35,17 +35,19 @@ def _free_port() -> int:
 
 
 class SentinelProcess:
-    """One sentinel on 127.0.0.1 watching `masters` (name -> address), quorum 1.
+    """One sentinel on 127.0.0.1 watching `masters` (name -> address), quorum 1 unless given.
 
     `down_after_ms` and `failover_timeout_ms` are the sentinel's own settings; the defaults are
     short so a failover test does not wait the production 30 s / 3 min.
     """
 
     def __init__(self, binary: str, directory: Path, masters: Dict[str, Address],
-                 down_after_ms: int = 1000, failover_timeout_ms: int = 5000) -> None:
+                 down_after_ms: int = 1000, failover_timeout_ms: int = 5000,
+                 quorum: int = 1) -> None:
         self.binary = binary
         self.directory = directory
         self.masters = dict(masters)
+        self.quorum = quorum
         self.down_after_ms = down_after_ms
         self.failover_timeout_ms = failover_timeout_ms
         self.port = 0
@@ -72,7 +74,7 @@ class SentinelProcess:
                  f"logfile {self.log_path}"]
         for name, (host, port) in self.masters.items():
             # `monitor` must come before the per-master settings that name it.
-            lines += [f"sentinel monitor {name} {host} {port} 1",
+            lines += [f"sentinel monitor {name} {host} {port} {self.quorum}",
                       f"sentinel down-after-milliseconds {name} {self.down_after_ms}",
                       f"sentinel failover-timeout {name} {self.failover_timeout_ms}"]
         return "\n".join(lines) + "\n"
@@ -174,5 +176,57 @@ def wait_for_master(process: SentinelProcess, address: Address, timeout: float =
                       message=f"the sentinel did not name {address} master of {name}")
 
 
-__all__: List[str] = ["SentinelProcess", "SentinelUnsupported", "sentinel", "wait_for_master",
-                      "MASTER_NAME"]
+class FailoverSet:
+    """A primary, its replica and three sentinels (quorum 2) watching it as "mymaster"."""
+
+    def __init__(self, binary: str, directory: Path) -> None:
+        self.primary = EmbeddedServer(binary)
+        self.replica = EmbeddedServer(binary)
+        self.sentinels: List[SentinelProcess] = []
+        try:
+            self._start(binary, directory)
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self, binary: str, directory: Path) -> None:
+        self.primary.start()
+        self.replica.args = ("--replicaof", HOST, str(self.primary.port))
+        self.replica.start()
+        wait_until(lambda: self.replica.client().info("replication")["master_link_status"] == "up",
+                   20, message="the replica did not sync")
+        for n in range(3):
+            where = directory / f"sentinel-{n}"
+            where.mkdir()
+            self.sentinels.append(SentinelProcess(
+                binary, where, {MASTER_NAME: (HOST, self.primary.port)}, quorum=2).start())
+        # A failover needs a majority of sentinels that know each other, and the replica known.
+        wait_until(lambda: all(self._sees_everyone(s) for s in self.sentinels), 30, interval=0.1,
+                   message="the sentinels did not find each other and the replica")
+
+    @staticmethod
+    def _sees_everyone(process: SentinelProcess) -> bool:
+        with process.client() as client:
+            others = client.execute_command("SENTINEL", "SENTINELS", MASTER_NAME)
+            replicas = client.execute_command("SENTINEL", "REPLICAS", MASTER_NAME)
+        return len(others) == 2 and len(replicas) == 1
+
+    def manager(self, **kwargs: Any) -> redis.sentinel.Sentinel:
+        return redis.sentinel.Sentinel([s.address for s in self.sentinels], socket_timeout=2,
+                                       **kwargs)
+
+    def wait_for_master(self, server: EmbeddedServer, timeout: float = 30.0) -> None:
+        """Until every sentinel names `server` as the master."""
+        address = (HOST, server.port)
+        wait_until(lambda: all(s.master_address() == address for s in self.sentinels), timeout,
+                   interval=0.02, message=f"the sentinels did not promote {address}")
+
+    def close(self) -> None:
+        for process in self.sentinels:
+            process.close()
+        self.replica.close()
+        self.primary.close()
+
+
+__all__: List[str] = ["FailoverSet", "SentinelProcess", "SentinelUnsupported", "sentinel",
+                      "wait_for_master", "MASTER_NAME"]
