@@ -50,7 +50,7 @@ class Acker:
             except BaseException:
                 self._settlements.restore(batch)
                 raise
-            self._settlements.settled(acks, result.acked, result.dead_lettered)
+            self._settlements.settled(acks, result)
         self._send_dead_letters(batch.dead_letters)
 
     def flush_all(self) -> None:
@@ -70,7 +70,7 @@ class Acker:
                     raise
                 self._put_off(item, exc)
             else:
-                self._settlements.settled(batch, result.acked, result.dead_lettered)
+                self._settlements.settled(batch, result)
                 self._log_dead_letter(item, written=bool(result.dead_lettered))
 
     def _log_dead_letter(self, item: DeadLetter, written: bool) -> None:

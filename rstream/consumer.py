@@ -330,12 +330,15 @@ class Consumer:
         """Redis' WRONGTYPE error names no key: look the types up and say which one."""
         if not isinstance(exc, WrongType) or exc.key is not None:
             return exc
+        link = self._factory.make("diagnose")
         try:
-            StreamOps(self._factory.make("diagnose"), self.options).check_key_types()
+            StreamOps(link, self.options).check_key_types()
         except WrongType as named:
             return named
         except RStreamError:
             pass
+        finally:
+            link.close()
         return exc
 
     # -- shutdown -----------------------------------------------------------------------------

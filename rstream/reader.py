@@ -76,7 +76,7 @@ class Reader:
             except BaseException:
                 self._settlements.restore(batch)
                 raise
-            self._settlements.settled(batch, result.acked, result.dead_lettered)
+            self._settlements.settled(batch, result)
             messages, deleted = self.ops.finish_read()
             if messages:
                 self._position.last_seen = messages[-1].id

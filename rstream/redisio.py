@@ -46,7 +46,7 @@ from .errors import FatalRedisError, GroupMissing, PermissionDenied, RStreamErro
 from .failover import ConsumerInfo, PendingEntry, parse_consumers, parse_pending
 from .message import Message
 from .options import Options
-from .settle import SettleBatch
+from .settle import SettleBatch, SettleResult
 
 MIN_SERVER_VERSION = (6, 2)
 # A history read past every possible id: returns nothing, but counts as an interaction. Not
@@ -75,12 +75,6 @@ class GroupState:
     status: str
     position: str = ""
     reason: str = ""
-
-
-@dataclasses.dataclass
-class SettleResult:
-    acked: int = 0
-    dead_lettered: int = 0
 
 
 _ACK, _ACK_AND_DELETE, _DEAD_LETTER = "XACK", "MULTI XACK XDEL EXEC", "dead-letter script"
@@ -134,6 +128,7 @@ class StreamOps:
         self.link = link
         self.o = options
         self._group_args = ("XREADGROUP", "GROUP", options.group, options.consumer_name)
+        self._heartbeat = (*self._group_args, "COUNT", 1, "STREAMS", options.stream, HEARTBEAT_ID)
         # The hot commands are packed by hiredis from names encoded once (half redis-py's cost).
         stream, group = link.encode(options.stream), link.encode(options.group)
         self._stream_b, self._group_b = stream, group
@@ -257,14 +252,14 @@ class StreamOps:
 
     # -- liveness and failover ---------------------------------------------------------------
     def heartbeat(self) -> None:
-        self.link.call(*self._group_args, "COUNT", 1, "STREAMS", self.o.stream, HEARTBEAT_ID)
+        self.link.call(*self._heartbeat)
 
     def beat_and_fence(self, key: str, token: str, ttl_ms: int, registered: bool) -> Any:
         """The heartbeat and the name check in one round trip: 1 (this instance holds the
         name), 0 (could not write it now), the token of the process that took it over, or
         None when the ACL does not let this user use the fence key."""
         replies = self.link.pipeline([
-            (*self._group_args, "COUNT", 1, "STREAMS", self.o.stream, HEARTBEAT_ID),
+            self._heartbeat,
             ("EVAL", scripts.FENCE, 1, key, token, ttl_ms, int(registered)),
         ])
         _raise_if_error(replies[0])
@@ -276,8 +271,7 @@ class StreamOps:
     def leave(self, key: Optional[str], token: str) -> bool:
         """At a clean stop: give up the name (when `key` is held) and leave the group if
         nothing is pending for this consumer (no ghost consumers); True if it left."""
-        commands: List[Sequence[Any]] = [
-            ("EVAL", scripts.DELCONSUMER, 1, self.o.stream, self.o.group, self.o.consumer_name, 0)]
+        commands = [self._delconsumer(self.o.consumer_name, 0)]
         if key is not None:
             commands.append(("EVAL", scripts.UNFENCE, 1, key, token))
         replies = self.link.pipeline(commands)
@@ -330,9 +324,10 @@ class StreamOps:
         return found
 
     def delete_consumer_if_empty(self, consumer: str, min_idle_ms: int) -> bool:
-        reply = self.link.call("EVAL", scripts.DELCONSUMER, 1, self.o.stream, self.o.group,
-                               consumer, min_idle_ms)
-        return int(reply) == 1
+        return int(self.link.call(*self._delconsumer(consumer, min_idle_ms))) == 1
+
+    def _delconsumer(self, consumer: str, min_idle_ms: int) -> Tuple[Any, ...]:
+        return ("EVAL", scripts.DELCONSUMER, 1, self.o.stream, self.o.group, consumer, min_idle_ms)
 
 
 def _pack(*args: Any) -> bytes:

@@ -98,6 +98,14 @@ class SettleBatch:
         self.dropped += other.dropped
 
 
+@dataclasses.dataclass
+class SettleResult:
+    """What the server settled of a batch: entries acked, and dead letters written."""
+
+    acked: int = 0
+    dead_lettered: int = 0
+
+
 @dataclasses.dataclass(frozen=True, order=True)
 class RetryItem:
     """A failed entry waiting to be delivered again. `handled_at_ms` (monotonic) bounds from

@@ -18,7 +18,7 @@ from typing import List, Optional, Sequence, Tuple
 
 from .ledger import Ledger
 from .message import Message
-from .settle import RetryItem, RetrySchedule, SettleBatch
+from .settle import RetryItem, RetrySchedule, SettleBatch, SettleResult
 from .stats import Counters
 
 # How long an ack may wait for a read to carry it before the acker thread sends it itself.
@@ -168,10 +168,11 @@ class Settlements:
             self._retry_ready.notify_all()
 
     # -- done ---------------------------------------------------------------------------------
-    def settled(self, batch: SettleBatch, acked: int, dead_lettered: int) -> None:
+    def settled(self, batch: SettleBatch, result: SettleResult) -> None:
         """The server took `batch`: its entries are no longer this consumer's to hold."""
         if not batch:
             return
         self._ledger.forget(batch.acks)
         self._ledger.forget(m.id for m, _ in batch.dead_letters)
-        self._counters.add(acked=acked + dead_lettered, dead_lettered=dead_lettered)
+        self._counters.add(acked=result.acked + result.dead_lettered,
+                           dead_lettered=result.dead_lettered)
