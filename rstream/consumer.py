@@ -1,12 +1,13 @@
 """`Consumer`: the facade that owns the lifecycle of every thread and connection.
 
-Threads (each with its own connection, so a blocking read never delays the others):
-``rstream-reader`` (replay, then blocking reads), ``rstream-worker-N`` (the handler pool),
+Threads (each with its own connection, so a blocking read never delays the others), per stream
+(one `rstream.lane.Lane` each): ``rstream-reader`` (replay, then blocking reads),
 ``rstream-acker`` (acks the reader does not carry, dead letters), ``rstream-reaper`` (failover,
-strays, due retries) and ``rstream-heartbeat`` (liveness and the name fence). Shutdown order,
-written once in `_shutdown`: stop intake (reader and reaper), let the workers finish what was
-read, flush acks, stop the acker, and stop the heartbeat last so the consumer looks alive while
-it drains. ARCHITECTURE.md draws the whole picture.
+strays, due retries) and ``rstream-heartbeat`` (liveness and the name fence); shared by all
+streams: ``rstream-worker-N`` (the handler pool). Shutdown order, written once in `_shutdown`
+and run over every lane at each step: stop intake (readers and reapers), let the workers finish
+what was read, flush acks, stop the ackers, and stop the heartbeats last so the consumer looks
+alive while it drains. ARCHITECTURE.md draws the whole picture.
 """
 from __future__ import annotations
 
@@ -16,27 +17,18 @@ import signal
 import threading
 import time
 import weakref
-from typing import Any, Callable, List, Literal, NoReturn, Optional, Tuple
+from typing import Any, Callable, Dict, List, Literal, NoReturn, Optional, Sequence, Set
 
-from .acker import Acker
 from .backoff import Backoff
-from .connection import (IO_TIMEOUT_S, READER_READ_SIZE, ConnectionFactory, Link, check_same_slot,
-                         client_from_option)
+from .connection import ConnectionFactory, Link, check_same_slot, client_from_option
 from .dispatch import WorkerPool
 from .errors import (ConfigError, FatalRedisError, RedisUnavailable, RStreamError, StreamMissing,
                      WrongType)
 from .handlers import FailureHandler, Handler, is_async_callable
-from .intake import Intake
 from ._hotpath import IMPLEMENTATION
-from .group import GroupKeeper, Position
-from .heartbeat import Heartbeat, NameFence
-from .ledger import Ledger
-from .outcomes import Outcomes
-from .reaper import Reaper
+from .lane import Lane, Stops, wait_all_idle
 from .options import DEFAULT_BATCH_SIZE, DEFAULT_CONCURRENCY, Options
-from .reader import Reader
-from .redisio import StreamOps, fence_key
-from .settlements import Settlements
+from .redisio import StreamOps
 from .stats import Counters, Stats
 from .supervise import Health, Loop
 
@@ -53,13 +45,18 @@ _RUNNING_STATES = ("starting", "running", "stopping")
 
 
 class Consumer:
-    """One member of a consumer group on one stream. See the README for every option."""
+    """One member of a consumer group on one stream (`stream=`) or several (`streams=`, one
+    group name, each stream with its own group). See the README for every option."""
 
     # Every option is spelt out (typed, keyword-only) so that editors complete them and mypy
     # rejects a misspelt one: nothing can be passed to `**unknown: NoReturn`. At run time the
     # names it collects are refused by Options.build, with the closest option suggested.
     # tests/test_options.py keeps these parameters and the fields of Options the same.
-    def __init__(self, redis: Any, stream: str, group: str, consumer_name: str, *,
+    # `stream`, `group` and `consumer_name` are required (checked by Options.build); `stream`
+    # has a default only so that `streams=` can replace it.
+    def __init__(self, redis: Any, stream: Optional[str] = None, group: Optional[str] = None,
+                 consumer_name: Optional[str] = None, *,
+                 streams: Optional[Sequence[str]] = None,
                  group_start_id: str = "$",
                  make_stream: bool = False,
                  receive_interval: int = 1000,
@@ -75,16 +72,22 @@ class Consumer:
                  start_timeout: Optional[int] = None,
                  **unknown: NoReturn) -> None:
         self.options = Options.build(
-            stream=stream, group=group, consumer_name=consumer_name, group_start_id=group_start_id,
+            stream=stream, streams=streams, group=group, consumer_name=consumer_name,
+            group_start_id=group_start_id,
             make_stream=make_stream, receive_interval=receive_interval,
             heartbeat_interval=heartbeat_interval, allowed_missed_heartbeats=allowed_missed_heartbeats,
             delete_on_ack=delete_on_ack, concurrency=concurrency, batch_size=batch_size,
             max_in_flight=max_in_flight, handle_failure=handle_failure, max_attempts=max_attempts,
             dead_letter_stream=dead_letter_stream, start_timeout=start_timeout, **unknown)
         client = client_from_option(redis)
-        check_same_slot(client, stream, self.options.dead_letter_stream)
-        self._factory = ConnectionFactory(client, stream)
+        o = self.options
         self._counters = Counters()
+        self._lanes: List[Lane] = []
+        for name in o.streams:
+            check_same_slot(client, name, o.dead_letter_stream)
+            lane = Lane(o.for_stream(name), ConnectionFactory(client, name), self._counters)
+            lane.check_fence_slot(client)
+            self._lanes.append(lane)
         self._lifecycle = threading.Lock()
         self._state: State = "new"
         self._started_in_pid = 0  # the process that called start(), for the error after a fork
@@ -94,12 +97,6 @@ class Consumer:
         self._fatal: Optional[FatalRedisError] = None
         self._links: List[Link] = []
         self._loops: List[Loop] = []
-        self._position = Position()
-        self._group = GroupKeeper(self.options, self._counters, self._position)
-        self._fence = NameFence(fence_key(stream, group, consumer_name), self.options)
-        if hasattr(client, "keyslot") and client.keyslot(stream) != client.keyslot(self._fence.key):
-            raise ConfigError(f"stream {stream!r} has braces that are not a Redis Cluster hash tag; "
-                              "give it one, e.g. '{orders}'")
 
     # -- public API ---------------------------------------------------------------------------
     def start(self, handler: Handler) -> "Consumer":
@@ -183,11 +180,9 @@ class Consumer:
 
     def stats(self) -> Stats:
         self._refuse_if_forked()
-        settlements = getattr(self, "_settlements", None)
-        ledger = getattr(self, "_ledger", None)
-        return self._counters.snapshot(
-            in_flight=ledger.in_flight if ledger else 0,
-            waiting_retries=settlements.waiting_retries if settlements else 0)
+        return self._counters.snapshot(in_flight=self._in_flight(),
+                                       waiting_retries=sum(lane.settlements.waiting_retries
+                                                           for lane in self._built_lanes()))
 
     @property
     def state(self) -> State:
@@ -211,8 +206,10 @@ class Consumer:
 
     def __repr__(self) -> str:
         o = self.options
-        return (f"Consumer(stream={o.stream!r}, group={o.group!r}, consumer_name={o.consumer_name!r}, "
-                f"server={self._factory.describe()!r}, state={self.state!r})")
+        where = (f"stream={o.stream!r}" if len(o.streams) == 1 else f"streams={list(o.streams)!r}")
+        servers = sorted({lane.factory.describe() for lane in self._lanes})
+        return (f"Consumer({where}, group={o.group!r}, consumer_name={o.consumer_name!r}, "
+                f"server={', '.join(servers)!r}, state={self.state!r})")
 
     # -- fork -----------------------------------------------------------------------------------
     def _after_fork_in_child(self) -> None:
@@ -230,92 +227,81 @@ class Consumer:
                 "gunicorn's post_fork hook, and stop it in worker_exit")
 
     # -- wiring -------------------------------------------------------------------------------
-    def _ops(self, role: str, read_timeout_s: float = IO_TIMEOUT_S, read_size: int = 65536) -> StreamOps:
-        link = self._factory.make(role, read_timeout_s, read_size)
+    def _ops(self, lane: Lane, role: str, read_timeout_s: float, read_size: int) -> StreamOps:
+        link = lane.factory.make(role, read_timeout_s, read_size)
         self._links.append(link)
-        return StreamOps(link, self.options)
+        return StreamOps(link, lane.options)
 
     def _build(self, handler: Handler) -> None:
-        o = self.options
-        self._intake_stop = threading.Event()   # reader and reaper: stop taking entries in
-        self._acker_stop = threading.Event()
-        self._heartbeat_stop = threading.Event()
-        # Data flows one way: reads -> intake -> pool -> outcomes -> settlements -> reader (acks
-        # riding on reads), acker (the rest) and reaper (due retries). No object calls back
-        # into the thread that feeds it.
-        self._ledger = Ledger(o.in_flight_limit)
-        self._settlements = Settlements(self._ledger, self._counters)
-        outcomes = Outcomes(o, self._settlements, self._ledger, self._counters)
-        self._pool = WorkerPool(handler, o.concurrency, outcomes.completed)
-        self._intake = Intake(self._ledger, self._pool, self._counters, self._settlements,
-                              o.consumer_name)
-        self._acker = Acker(self._ops("acker"), o, self._settlements, self._acker_stop)
-        read_timeout = o.receive_interval / 1000 + IO_TIMEOUT_S
-        self._reader = Reader(self._ops("reader", read_timeout, READER_READ_SIZE), o, self._ledger,
-                              self._settlements, self._intake, self._position, self._intake_stop)
-        self._reaper = Reaper(self._ops("reaper"), o, self._ledger, self._intake,
-                              self._settlements, self._intake_stop, self._reader.replay_done)
-        self._heartbeat = Heartbeat(self._ops("heartbeat"), o, self._fence)
-        self._health = health = Health(self._counters, self._factory.describe())
+        self._stops = stops = Stops()
+        pool = WorkerPool(handler, self.options.concurrency)
+        # One Health per server, so an outage is logged once, not once per stream.
+        health: Dict[str, Health] = {}
+        for lane in self._lanes:
+            where = lane.factory.describe()
+            if where not in health:
+                health[where] = Health(self._counters, where)
+            lane.build(pool, self._counters, health[where], stops, self._ops, self._on_fatal)
+        self._health = health
+        self._pool = pool
+        self._loops = [loop for lane in self._lanes for loop in lane.loops]
 
-        def loop(name: str, step: Callable[[], Optional[float]], ops: StreamOps,
-                 stop: threading.Event) -> Loop:
-            return Loop(name, step, stop, health, lambda: self._group.ensure(ops), self._on_fatal,
-                        ops.link)
+    def _built_lanes(self) -> List[Lane]:
+        """The lanes once `_build` made their parts (none before start)."""
+        return self._lanes if getattr(self, "_pool", None) is not None else []
 
-        self._reader_loop = loop("rstream-reader", self._reader.step, self._reader.ops, self._intake_stop)
-        self._reaper_loop = loop("rstream-reaper", self._reaper.step, self._reaper.ops, self._intake_stop)
-        self._acker_loop = loop("rstream-acker", self._acker.step, self._acker.ops, self._acker_stop)
-        self._acker_loop.proves_stream = False  # XACK on a deleted stream succeeds (answers 0)
-        self._heartbeat_loop = loop("rstream-heartbeat", self._heartbeat.step, self._heartbeat.ops,
-                                    self._heartbeat_stop)
-        self._loops = [self._heartbeat_loop, self._acker_loop, self._reader_loop, self._reaper_loop]
+    def _in_flight(self) -> int:
+        return sum(lane.ledger.in_flight for lane in self._built_lanes())
 
     def _prepare(self) -> None:
-        """Check the server and create the group now, so that a fatal fault (wrong key type,
-        auth, ACL, TLS, old server) raises from start(). Each try is bounded by
+        """Check the server and create each stream's group now, so that a fatal fault (wrong
+        key type, auth, ACL, TLS, old server) raises from start(). Each try is bounded by
         `PREPARE_BUDGET_S`, so start() returns promptly whatever the network does. An
         unreachable server is not fatal: the threads keep retrying, unless `start_timeout`
         asks start() to fail when the server is not reached in time. A missing stream is
         waited for by the threads."""
-        ops = self._heartbeat.ops
         timeout_ms = self.options.start_timeout
         give_up_at = None if timeout_ms is None else time.monotonic() + timeout_ms / 1000
+        unreachable: Set[str] = set()  # servers found down: their other streams are not tried
+        for lane in self._lanes:
+            where = lane.factory.describe()
+            if where not in unreachable and not self._prepare_lane(lane, give_up_at):
+                unreachable.add(where)
+
+    def _prepare_lane(self, lane: Lane, give_up_at: Optional[float]) -> bool:
+        """Prepare one stream, trying until `give_up_at` (None: once); False if the server is
+        unreachable and the threads are left to keep trying."""
+        ops, health = lane.ops, self._health[lane.factory.describe()]
         backoff = Backoff()
+        reachable = True
         while True:
             budget = time.monotonic() + PREPARE_BUDGET_S
             try:
                 with ops.link.bounded(budget if give_up_at is None else min(budget, give_up_at)):
-                    found = self._prepare_once(ops)
+                    found = lane.prepare_once()
                 break
             except StreamMissing as exc:
-                self._health.stream_missing(exc)
+                health.stream_missing(exc)
                 found = None
                 break
             except RedisUnavailable as exc:
                 if give_up_at is None:
-                    self._health.down(exc)  # the threads keep trying; the outage is logged once
-                    found = None
+                    health.down(exc)  # the threads keep trying; the outage is logged once
+                    found, reachable = None, False
                     break
                 left = give_up_at - time.monotonic()
                 if left <= 0:
                     raise RedisUnavailable(
-                        f"Redis at {self._factory.describe()} not reachable within start_timeout="
-                        f"{timeout_ms} ms: {exc}") from None
+                        f"Redis at {lane.factory.describe()} not reachable within start_timeout="
+                        f"{self.options.start_timeout} ms: {exc}") from None
                 self._stop_requested.wait(min(left, backoff.delay()))
                 backoff = backoff.failed()
-        o = self.options
+        o = lane.options
         server = f"{found[0]} {'.'.join(map(str, found[1]))} at " if found else ""
         log.info("rstream: consumer %r of group %r on stream %r starting (server %s%s, hot path %s)",
-                 o.consumer_name, o.group, o.stream, server, self._factory.describe(),
+                 o.consumer_name, o.group, o.stream, server, lane.factory.describe(),
                  IMPLEMENTATION)
-
-    def _prepare_once(self, ops: StreamOps) -> Optional[Tuple[str, Tuple[int, ...]]]:
-        found = ops.check_server()
-        ops.check_key_types()
-        self._group.ensure(ops, at_start=True)
-        self._heartbeat.beat()
-        return found
+        return reachable
 
     def _on_fatal(self, exc: FatalRedisError) -> None:
         if self._fatal is None:
@@ -330,60 +316,41 @@ class Consumer:
         """Redis' WRONGTYPE error names no key: look the types up and say which one."""
         if not isinstance(exc, WrongType) or exc.key is not None:
             return exc
-        link = self._factory.make("diagnose")
-        try:
-            StreamOps(link, self.options).check_key_types()
-        except WrongType as named:
-            return named
-        except RStreamError:
-            pass
-        finally:
-            link.close()
+        for lane in self._lanes:
+            link = lane.factory.make("diagnose")
+            try:
+                StreamOps(link, lane.options).check_key_types()
+            except WrongType as named:
+                return named
+            except RStreamError:
+                pass
+            finally:
+                link.close()
         return exc
 
     # -- shutdown -----------------------------------------------------------------------------
     def _shutdown(self, deadline: float) -> None:
-        self._intake_stop.set()
-        self._intake.close()
-        self._settlements.wake()        # a reaper waiting for a retry notices the stop at once
-        self._reader.ops.link.abort()   # wake a blocked read now, not after receive_interval
-        self._reader_loop.join(deadline)
-        self._reaper_loop.join(deadline)
-        self._reader.abandon()
+        lanes, stops = self._lanes, self._stops
+        stops.intake.set()
+        for lane in lanes:
+            lane.stop_intake()
+        for lane in lanes:
+            lane.join_intake(deadline)
         self._pool.close()
-        if not self._ledger.wait_idle(deadline):
+        if not wait_all_idle(lanes, deadline):
             left = self._pool.abandon()
             log.warning("rstream: stop timed out with %d entries in flight (%d not started); "
-                        "they stay pending and will be delivered again",
-                        self._ledger.in_flight, len(left))
-        self._acker_stop.set()
-        self._settlements.wake()
-        self._acker_loop.join(deadline)
-        self._acker.ops.link.limit(deadline)  # a black-holed network must not hold stop() up
-        try:
-            self._acker.flush_all()
-        except RStreamError as exc:
-            log.warning("rstream: could not flush acks at stop (%s); those entries stay pending", exc)
-        self._heartbeat_stop.set()
-        self._heartbeat_loop.join(deadline)
-        self._leave_group(deadline)
+                        "they stay pending and will be delivered again", self._in_flight(), len(left))
+        stops.acker.set()
+        for lane in lanes:
+            lane.settlements.wake()
+        for lane in lanes:
+            lane.flush(deadline)
+        stops.heartbeat.set()
+        for lane in lanes:
+            lane.leave(deadline)
         self._pool.join(min(deadline, time.monotonic() + 0.1))
         self._close_links()
-
-    def _leave_group(self, deadline: float) -> None:
-        """A clean stop leaves no ghost: with nothing pending, this consumer leaves the group
-        (else others would find it dead later, and pid-based names would pile up). A consumer
-        whose name another process took over leaves both to that process."""
-        if self._fence.lost_to is not None:
-            return
-        ops = self._heartbeat.ops
-        ops.link.limit(deadline)
-        try:
-            if ops.leave(self._fence.active_key, self._fence.token):
-                log.debug("rstream: consumer %r left group %r", self.options.consumer_name,
-                          self.options.group)
-        except RStreamError as exc:
-            log.debug("rstream: could not leave the group at stop (%s)", exc)
 
     def _close_links(self) -> None:
         for link in self._links:
@@ -403,10 +370,8 @@ class Consumer:
             if received:
                 # The user does not want to wait for the drain. SystemExit unwinds stop() (the
                 # threads are daemons) and Python exits without printing a traceback.
-                ledger = getattr(self, "_ledger", None)
                 log.warning("rstream: second %s while draining: exiting now; %d entries in flight "
-                            "stay pending and will be delivered again", name,
-                            ledger.in_flight if ledger is not None else 0)
+                            "stay pending and will be delivered again", name, self._in_flight())
                 raise SystemExit(128 + signum)
             received.append(signum)
             log.info("rstream: %s received; draining (send it again to exit at once)", name)

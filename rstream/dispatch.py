@@ -3,7 +3,9 @@
 Work is handed over in chunks, not per message: `ThreadPoolExecutor.submit` costs ~13 µs a call,
 which alone would cap a per-message design near 70k msg/s. The reader appends whole batches; an
 idle worker takes its share of what is queued (queued / concurrency, at least one) and runs the
-handler on each message in turn, then reports the chunk's outcomes once.
+handler on each message in turn, then reports the chunk's outcomes once, to the `ChunkDone`
+the batch was submitted with (each stream's own `rstream.outcomes.Outcomes`: a chunk is always
+a part of one submitted batch, so it holds entries of one stream).
 """
 from __future__ import annotations
 
@@ -38,10 +40,11 @@ class _Chunk:
     worker may take the rest from the right when the owner stops making progress (a handler that
     hangs). deque pops are atomic, so no message is ever run twice."""
 
-    __slots__ = ("items", "seen_len", "seen_at")
+    __slots__ = ("items", "done", "seen_len", "seen_at")
 
-    def __init__(self, messages: List[Message]) -> None:
+    def __init__(self, messages: List[Message], done: "ChunkDone") -> None:
         self.items: Deque[Message] = collections.deque(messages)
+        self.done = done
         self.seen_len = len(messages)
         self.seen_at = time.monotonic()
 
@@ -49,13 +52,12 @@ class _Chunk:
 class WorkerPool:
     """`concurrency` named threads running the user's handler over queued chunks."""
 
-    def __init__(self, handler: Callable[[Message], object], concurrency: int,
-                 chunk_done: ChunkDone) -> None:
+    def __init__(self, handler: Callable[[Message], object], concurrency: int) -> None:
         self._handler = handler
         self._concurrency = concurrency
-        self._chunk_done = chunk_done
         self._cond = threading.Condition()
-        self._queue: Deque[List[Message]] = collections.deque()
+        # Batches in the order they came, each with where its outcomes go.
+        self._queue: Deque[Tuple[List[Message], ChunkDone]] = collections.deque()
         self._queued = 0
         self._running: Set[_Chunk] = set()
         self._closing = False
@@ -69,11 +71,12 @@ class WorkerPool:
             thread.start()
             self._threads.append(thread)
 
-    def submit(self, messages: List[Message]) -> None:
+    def submit(self, messages: List[Message], done: ChunkDone) -> None:
+        """Queue `messages` for the handler; their outcomes are reported to `done`."""
         if not messages:
             return
         with self._cond:
-            self._queue.append(messages)
+            self._queue.append((messages, done))
             self._queued += len(messages)
             self._cond.notify(min(-(-len(messages) // self._share()), self._concurrency))
 
@@ -86,7 +89,7 @@ class WorkerPool:
     def abandon(self) -> List[Message]:
         """Drop what no worker has started (it stays pending on the server)."""
         with self._cond:
-            left = [m for chunk in self._queue for m in chunk]
+            left = [m for batch, _ in self._queue for m in batch]
             for chunk in self._running:
                 left.extend(_drain_right(chunk.items))
             self._queue.clear()
@@ -107,33 +110,34 @@ class WorkerPool:
         with self._cond:
             while True:
                 if self._queue:
-                    return self._start(self._next_share())
+                    return self._start(*self._next_share())
                 stolen = self._steal()
-                if stolen:
-                    return self._start(stolen)
+                if stolen is not None:
+                    return self._start(*stolen)
                 stranded = any(chunk.items for chunk in self._running)
                 if self._closing and not stranded:
                     return None
                 self._cond.wait(STALL_S if stranded else None)
 
-    def _next_share(self) -> List[Message]:
+    def _next_share(self) -> Tuple[List[Message], ChunkDone]:
         share = self._share()
-        head = self._queue[0]
+        head, done = self._queue[0]
         if len(head) <= share:
-            messages = self._queue.popleft()
+            messages = head
+            self._queue.popleft()
         else:
-            messages, self._queue[0] = head[:share], head[share:]
+            messages, self._queue[0] = head[:share], (head[share:], done)
         self._queued -= len(messages)
         if self._queue:
             self._cond.notify()
-        return messages
+        return messages, done
 
-    def _start(self, messages: List[Message]) -> _Chunk:
-        chunk = _Chunk(messages)
+    def _start(self, messages: List[Message], done: ChunkDone) -> _Chunk:
+        chunk = _Chunk(messages, done)
         self._running.add(chunk)
         return chunk
 
-    def _steal(self) -> List[Message]:
+    def _steal(self) -> Optional[Tuple[List[Message], ChunkDone]]:
         """The rest of a chunk whose worker has not taken a message for `STALL_S`."""
         now = time.monotonic()
         for chunk in self._running:
@@ -143,8 +147,9 @@ class WorkerPool:
             elif left and now - chunk.seen_at >= STALL_S:
                 stolen = _drain_right(chunk.items)
                 chunk.seen_len = len(chunk.items)
-                return stolen
-        return []
+                if stolen:
+                    return stolen, chunk.done
+        return None
 
     def _share(self) -> int:
         """How many queued messages one worker takes: an even split, or more when the handler
@@ -167,6 +172,7 @@ class WorkerPool:
             started = clock()
             done = 0
             take = chunk.items.popleft
+            report = chunk.done
             ok: List[str] = []
             failures: List[Failure] = []
             while True:
@@ -185,7 +191,7 @@ class WorkerPool:
                 if len(ok) + len(failures) >= REPORT_EVERY:
                     # Report as we go: if a later handler hangs, these are acked all the same.
                     done += len(ok) + len(failures)
-                    self._chunk_done(ok, failures)
+                    report(ok, failures)
                     ok, failures = [], []
             with self._cond:
                 self._running.discard(chunk)
@@ -193,7 +199,7 @@ class WorkerPool:
             if done:
                 self._cost_s = 0.8 * self._cost_s + 0.2 * (clock() - started) / done
             if ok or failures:
-                self._chunk_done(ok, failures)
+                report(ok, failures)
 
 
 def _drain_right(items: Deque[Message]) -> List[Message]:

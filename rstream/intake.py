@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 from typing import Dict, List, Optional, Sequence
 
-from .dispatch import WorkerPool
+from .dispatch import ChunkDone, WorkerPool
 from .errors import RStreamError
 from .failover import missing_ids
 from .message import Message
@@ -24,9 +24,10 @@ class Intake:
     """Admits entries to the ledger, hands them to the pool, and sends deleted ones to be acked."""
 
     def __init__(self, ledger: Ledger, pool: WorkerPool, counters: Counters,
-                 settlements: Settlements, me: str) -> None:
+                 settlements: Settlements, me: str, completed: ChunkDone) -> None:
         self._ledger = ledger
         self._pool = pool
+        self._completed = completed  # where the handlers' outcomes go (this stream's Outcomes)
         self._counters = counters
         self._ack_deleted = settlements.put_acks
         self._me = me
@@ -53,7 +54,7 @@ class Intake:
             self._ack_deleted(deleted)
             amounts["deleted"] = len(deleted)
         self._counters.add(**amounts)
-        self._pool.submit(messages)
+        self._pool.submit(messages, self._completed)
 
     def claim(self, ops: StreamOps, grant: Grant, ids: Sequence[str], min_idle_ms: int,
               attempts: Dict[str, int], counter: str, count_vanished: bool,

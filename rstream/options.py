@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-from typing import Any, Collection, Optional
+from typing import Any, Collection, Optional, Tuple
 
 from . import _hotpath as hot
 from .errors import ConfigError
@@ -21,11 +21,16 @@ _SPECIAL_START_IDS = ("$", "0")
 
 @dataclasses.dataclass(frozen=True)
 class Options:
-    """Validated settings of one Consumer. Build with `Options.build(**kwargs)`."""
+    """Validated settings of one Consumer. Build with `Options.build(**kwargs)`.
+
+    `streams` holds every stream the consumer reads (one with `stream=`, several with
+    `streams=`); `stream` is the first. The parts that work on one stream (its reader, reaper,
+    acker and heartbeat, see `rstream.lane`) get `for_stream(s)`, whose `stream` is theirs."""
 
     stream: str
     group: str
     consumer_name: str
+    streams: Tuple[str, ...] = ()
     group_start_id: str = "$"
     make_stream: bool = False
     receive_interval: int = 1000
@@ -46,7 +51,8 @@ class Options:
         """`max_in_flight`, defaulting to four reads' worth: the batch being handled, the
         one being decoded and two reads queued on the server (see reader.PIPELINE_DEPTH).
         With two (the seed-era guess) the server sat idle between replies: 460k vs 650k
-        entries/s draining on a 2-core machine."""
+        entries/s draining on a 2-core machine. With several streams each has its own window
+        of this size, so a flood on one never holds back reads of another."""
         return self.max_in_flight if self.max_in_flight is not None else 4 * self.batch_size
 
     @property
@@ -64,16 +70,24 @@ class Options:
         if unknown:
             raise ConfigError("unknown options: "
                               + ", ".join(_suggest(name, known, " (", ")") for name in unknown))
-        for name in ("stream", "group", "consumer_name"):
-            if name not in kwargs:
+        kwargs["streams"] = _one_or_several(kwargs.pop("stream", None), kwargs.get("streams"))
+        kwargs["stream"] = kwargs["streams"][0]
+        for name in ("group", "consumer_name"):
+            if kwargs.get(name) is None:
                 raise ConfigError(f"{name} is required")
         options = cls(**kwargs)
         options.validate()
         return options
 
+    def for_stream(self, stream: str) -> "Options":
+        """These options for the parts that work on `stream` alone."""
+        return dataclasses.replace(self, stream=stream, streams=(stream,))
+
     def validate(self) -> None:
-        for name in ("stream", "group", "consumer_name"):
+        for name in ("group", "consumer_name"):
             _name(name, getattr(self, name))
+        for stream in self.streams:
+            _name("streams" if len(self.streams) > 1 else "stream", stream)
         _start_id(self.group_start_id)
         for name in ("make_stream", "delete_on_ack"):
             _bool(name, getattr(self, name))
@@ -98,13 +112,35 @@ class Options:
             _positive_int("start_timeout", self.start_timeout)
         if self.dead_letter_stream is not None:
             _name("dead_letter_stream", self.dead_letter_stream)
-            if self.dead_letter_stream == self.stream:
+            if self.dead_letter_stream in self.streams:
                 raise ConfigError(
-                    f"dead_letter_stream must differ from stream, got {self.dead_letter_stream!r}")
+                    f"dead_letter_stream must differ from {'every stream' if len(self.streams) > 1 else 'stream'}"
+                    f", got {self.dead_letter_stream!r}")
             if self.max_attempts is None:
                 raise ConfigError("dead_letter_stream needs max_attempts (after how many deliveries "
                                   f"an entry is dead-lettered), got dead_letter_stream="
                                   f"{self.dead_letter_stream!r} and max_attempts=None")
+
+
+def _one_or_several(stream: Any, streams: Any) -> Tuple[Any, ...]:
+    """The streams to read: `stream` or `streams`, exactly one of the two."""
+    if stream is None and streams is None:
+        raise ConfigError("stream is required (or streams=[...] for several)")
+    if stream is not None and streams is not None:
+        raise ConfigError(f"give stream or streams, not both: got stream={stream!r} and "
+                          f"streams={streams!r}")
+    if streams is None:
+        return (stream,)
+    if isinstance(streams, (str, bytes)) or not isinstance(streams, (list, tuple)):
+        raise ConfigError(f"streams must be a list of stream names, got {type(streams).__name__} "
+                          f"{streams!r}")
+    if not streams:
+        raise ConfigError("streams must name at least one stream, got []")
+    repeated = sorted({s for s in streams if isinstance(s, str) and streams.count(s) > 1})
+    if repeated:
+        raise ConfigError(f"streams must not repeat a stream, got {', '.join(map(repr, repeated))} "
+                          "more than once")
+    return tuple(streams)
 
 
 def _suggest(name: str, known: Collection[str], before: str, after: str = "") -> str:

@@ -25,7 +25,8 @@ import time
 from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Sequence, Tuple, TypeVar
 
 from rstream import Consumer, Message
-from rstream.connection import IO_TIMEOUT_S, Link
+from rstream.connection import Link
+from rstream.lane import Lane
 from rstream.errors import RedisUnavailable
 from rstream.failover import ConsumerInfo, PendingEntry
 from rstream.ledger import Ledger
@@ -496,7 +497,6 @@ class FakeConsumer(Consumer):
         self.fake = redis
         redis.consumer = self
 
-    def _ops(self, role: str, read_timeout_s: float = IO_TIMEOUT_S,
-             read_size: int = 65536) -> StreamOps:
-        self.fake.ledger = self._ledger  # built before any ops: checked at every call
-        return FakeStreamOps(self.fake, role, self.options)
+    def _ops(self, lane: Lane, role: str, read_timeout_s: float, read_size: int) -> StreamOps:
+        self.fake.ledger = lane.ledger  # built before any ops: checked at every call
+        return FakeStreamOps(self.fake, role, lane.options)

@@ -56,7 +56,7 @@ def stop_and_check(consumer: FakeConsumer) -> None:
     """Stop; then no Grant may have leaked, nothing may be in flight, the bound held throughout."""
     consumer.stop(DEADLINE_S)
     assert consumer.state in ("stopped", "failed")
-    ledger = consumer._ledger
+    ledger = consumer._lanes[0].ledger
     assert ledger._reserved == 0, f"a Grant leaked: {ledger._reserved} slots still reserved"
     assert ledger.in_flight == 0
     assert consumer.fake.violations == []
@@ -127,7 +127,7 @@ def test_acks_ride_on_the_next_read_while_flowing_and_the_acker_sends_only_after
     def handlers_done_and_acks_old(call: Call) -> None:
         ledger, consumer = fake.ledger, fake.consumer
         assert ledger is not None and consumer is not None
-        waiting = consumer._settlements
+        waiting = consumer._lanes[0].settlements
         wait_until(lambda: ledger.in_flight == 0 and (
             waiting._oldest is None or time.monotonic() - waiting._oldest > 3 * ACK_DELAY_S),
             DEADLINE_S, 0.001)
@@ -325,7 +325,7 @@ def test_stop_cuts_reads_off_drains_handlers_and_acks_them_before_the_heartbeat_
     assert held.reached.wait(DEADLINE_S) and started.wait(DEADLINE_S)
     stopper = threading.Thread(target=consumer.stop, args=(DEADLINE_S,))
     stopper.start()
-    wait_until(lambda: not consumer._reader_loop.thread.is_alive(), DEADLINE_S)
+    wait_until(lambda: not consumer._lanes[0].reader_loop.thread.is_alive(), DEADLINE_S)
     reader_done = len(fake.calls)
     wait_until(lambda: [b for b in fake.log("beat") if b.seq > reader_done], DEADLINE_S,
                message="no heartbeat while draining")
@@ -381,7 +381,7 @@ def test_a_claim_answered_after_stop_began_is_not_handled_and_gives_its_grant_ba
     def answer_once_stopping(call: Call) -> None:
         consumer = fake.consumer
         assert consumer is not None
-        wait_until(lambda: consumer._intake._closed, DEADLINE_S)
+        wait_until(lambda: consumer._lanes[0].intake._closed, DEADLINE_S)
 
     fake.before("claim", answer_once_stopping, role="reaper")
     consumer = start(handler, max_attempts=3)

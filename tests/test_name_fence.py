@@ -197,12 +197,13 @@ def test_a_claim_lost_to_a_process_under_the_same_name_is_not_a_deletion(
     counters = Counters()
 
     class Pool:
-        def submit(self, messages: List[rstream.Message]) -> None:
+        def submit(self, messages: List[rstream.Message], done: object) -> None:
             pass
 
     ledger = Ledger(10)
     settlements = Settlements(ledger, counters)
-    intake = Intake(ledger, Pool(), counters, settlements, names.consumer)  # type: ignore[arg-type]
+    intake = Intake(ledger, Pool(), counters, settlements, names.consumer,  # type: ignore[arg-type]
+                    lambda ok, failures: None)
     # A min-idle far above the entry's idle: XCLAIM returns nothing, as when another process
     # under this name has just read it.
     grant = ledger.reserve(1, threading.Event())

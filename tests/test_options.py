@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import typing
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import pytest
 import redis
@@ -141,16 +141,21 @@ def _option_parameters() -> List[inspect.Parameter]:
 
 def test_every_option_is_a_typed_keyword_parameter_with_the_options_default() -> None:
     """Consumer.__init__ has one keyword-only parameter per Options field (besides the three
-    names), in the same order, with the same default and the same type, so they cannot drift."""
+    names), in the same order, with the same default and the same type, so they cannot drift.
+    `streams` is the exception: any sequence of names, kept as a tuple."""
     fields = [f for f in dataclasses.fields(Options) if f.name not in NAMES]
     params = _option_parameters()
     assert [p.name for p in params] == [f.name for f in fields]
-    assert [p.default for p in params] == [f.default for f in fields]
+    assert params[0].name == "streams" and params[0].default is None
+    assert [p.default for p in params[1:]] == [f.default for f in fields[1:]]
     hints = typing.get_type_hints(rstream.Consumer.__init__)
     field_hints = typing.get_type_hints(Options)
-    assert {f.name: hints[f.name] for f in fields} == {f.name: field_hints[f.name] for f in fields}
-    for name in NAMES:
-        assert hints[name] is str and field_hints[name] is str
+    assert hints["streams"] == Optional[Sequence[str]]
+    assert field_hints["streams"] == Tuple[str, ...]
+    assert ({f.name: hints[f.name] for f in fields[1:]}
+            == {f.name: field_hints[f.name] for f in fields[1:]})
+    for name in NAMES:  # required; `stream` may give way to `streams`
+        assert hints[name] == Optional[str] and field_hints[name] is str
 
 
 def test_every_keyword_parameter_reaches_the_options() -> None:
@@ -163,9 +168,11 @@ def test_every_keyword_parameter_reaches_the_options() -> None:
         allowed_missed_heartbeats=9, delete_on_ack=True, concurrency=2, batch_size=3,
         max_in_flight=30, handle_failure=on_failure, max_attempts=4, dead_letter_stream="dlq",
         start_timeout=1500)
-    assert set(given) == {p.name for p in _option_parameters()}, "a new option needs a value here"
+    assert set(given) | {"streams"} == {p.name for p in _option_parameters()}, \
+        "a new option needs a value here"
     options = rstream.Consumer(**_valid(**given)).options
     assert {name: getattr(options, name) for name in given} == given
+    assert options.streams == ("orders",)  # `stream=` is the one-stream spelling of `streams=`
 
 
 @pytest.mark.parametrize("value", [None, 1, 30_000])
@@ -250,3 +257,31 @@ def test_start_with_a_handler_that_is_not_callable_is_refused(handler: Any) -> N
     consumer = rstream.Consumer(**_valid())
     with pytest.raises(ConfigError, match="handler"):
         consumer.start(handler)
+
+
+@pytest.mark.parametrize("given, problem", [
+    (dict(stream="a", streams=["b"]), "give stream or streams, not both"),
+    (dict(), "stream is required"),
+    (dict(streams=[]), "at least one stream"),
+    (dict(streams="orders"), "streams must be a list of stream names, got str 'orders'"),
+    (dict(streams=["a", "b", "a"]), "must not repeat a stream, got 'a'"),
+    (dict(streams=["a", ""]), "streams must not be empty"),
+    (dict(streams=["a", 5]), "streams must be a str, got int 5"),
+    (dict(streams=["a", "dlq"], dead_letter_stream="dlq", max_attempts=2),
+     "dead_letter_stream must differ from every stream"),
+])
+def test_streams_is_checked_and_names_the_problem(given: Dict[str, Any], problem: str) -> None:
+    with pytest.raises(ConfigError, match=problem):
+        rstream.Consumer(UNUSED_URL, group="g", consumer_name="c", **given)
+
+
+def test_several_streams_give_each_part_its_own_stream() -> None:
+    consumer = rstream.Consumer(UNUSED_URL, streams=("a", "b"), group="g", consumer_name="c")
+    assert consumer.options.streams == ("a", "b")
+    assert [o.stream for o in map(consumer.options.for_stream, consumer.options.streams)] == ["a", "b"]
+    assert "streams=['a', 'b']" in repr(consumer)
+
+
+def test_group_and_consumer_name_are_required_with_streams() -> None:
+    with pytest.raises(ConfigError, match="consumer_name is required"):
+        rstream.Consumer(UNUSED_URL, streams=["a"], group="g")

@@ -323,7 +323,7 @@ def test_a_due_retry_with_no_free_slot_does_not_spin(
     consumer.start(handle)
     wait_until(lambda: slow_started.count() == 2 and consumer.stats().waiting_retries == 1, 10,
                message="slots not filled by the slow handlers")
-    ledger = consumer._ledger  # white box: count how often the acker asks for a slot
+    ledger = consumer._lanes[0].ledger  # white box: count how often the acker asks for a slot
     original = ledger.reserve
     calls: List[int] = []
 
