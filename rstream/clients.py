@@ -23,23 +23,33 @@ A Sentinel-managed connection needs none: it asks the Sentinels for the master a
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Dict, Optional, Type
+import urllib.parse
+from typing import Any, Callable, Dict, List, Optional, Tuple, Type
 
 import redis
+import redis.exceptions as rex
 from redis.connection import AbstractConnection, UnixDomainSocketConnection
 from redis.sentinel import SentinelManagedConnection
 
 from .errors import ConfigError
 
 _URL_SCHEMES = ("redis://", "rediss://", "unix://")
+# URLs naming several servers: a Redis Cluster's seed nodes, or the Sentinels of a service.
+_CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
+_SENTINEL_SCHEMES = ("redis+sentinel://", "rediss+sentinel://")
+_SENTINEL_QUERY = ("sentinel_username", "sentinel_password")
 
 
 def client_from_option(value: Any) -> Any:
     """Turn the `redis` option (URL, kwargs dict, or client) into a redis-py client."""
     if isinstance(value, str):
+        if value.startswith(_CLUSTER_SCHEMES):
+            return _cluster_from_url(value)
+        if value.startswith(_SENTINEL_SCHEMES):
+            return _sentinel_from_url(value)
         if not value.startswith(_URL_SCHEMES):
-            raise ConfigError("redis must be a URL starting with redis://, rediss:// or unix://, "
-                              f"got {redact(value)!r}")
+            raise ConfigError("redis must be a URL starting with redis://, rediss://, unix://, "
+                              f"redis+cluster:// or redis+sentinel://, got {redact(value)!r}")
         return redis.Redis.from_url(value)
     if isinstance(value, dict):
         try:
@@ -53,6 +63,81 @@ def client_from_option(value: Any) -> Any:
         return value
     raise ConfigError("redis must be a URL, a dict of redis.Redis keyword arguments or a "
                       f"redis.Redis/RedisCluster instance, got {type(value).__name__}")
+
+
+def _several_hosts(url: str) -> Tuple[str, List[Tuple[str, int]], str]:
+    """Split ``scheme+kind://[user:password@]host:port[,host:port...][/rest]`` into a plain
+    ``scheme://[user:password@]host:port/rest`` URL for redis-py to parse (options, TLS,
+    credentials), the addresses, and the path after them."""
+    scheme, _, rest = url.partition("://")
+    creds, at, hosts_and_path = rest.rpartition("@")
+    hosts, slash, path = hosts_and_path.partition("/")
+    addresses: List[Tuple[str, int]] = []
+    for item in filter(None, hosts.split(",")):
+        host, colon, port = item.rpartition(":")
+        if not colon or not port.isdigit() or not host:
+            raise ConfigError(f"redis URL {redact(url)!r}: {item!r} is not host:port")
+        addresses.append((host.strip("[]"), int(port)))
+    if not addresses:
+        raise ConfigError(f"redis URL {redact(url)!r} names no host:port")
+    first = f"{addresses[0][0]}:{addresses[0][1]}"
+    plain = f"{scheme.partition('+')[0]}://{creds}{at}{first}{slash}{path}"
+    return plain, addresses, path
+
+
+def _cluster_from_url(url: str) -> Any:
+    """``redis+cluster://[user:password@]host:port[,host:port...][?options]``: a RedisCluster
+    that starts from these nodes (any reachable one gives it the slot map)."""
+    from redis.cluster import ClusterNode, RedisCluster
+    plain, addresses, path = _several_hosts(url)
+    kwargs = _url_options(plain)
+    if path.partition("?")[0] not in ("", "0"):
+        raise ConfigError(f"redis URL {redact(url)!r}: a Redis Cluster has database 0 only")
+    try:
+        return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in addresses],  # type: ignore[no-untyped-call]
+                            **kwargs)
+    except rex.RedisClusterException as exc:
+        raise ConfigError(f"redis URL {redact(url)!r}: no Redis Cluster node answered with the "
+                          f"slot map: {exc}") from None
+
+
+def _sentinel_from_url(url: str) -> Any:
+    """``redis+sentinel://[user:password@]host:port[,host:port...]/service[/db][?options]``: the
+    master of `service` as the Sentinels at these addresses name it (``Sentinel.master_for``).
+    The credentials and options are the master's; ``sentinel_username`` and
+    ``sentinel_password`` in the query authenticate to the Sentinels themselves."""
+    from redis.sentinel import Sentinel
+    plain, addresses, path = _several_hosts(url)
+    service, _, db = path.partition("?")[0].partition("/")
+    if not service:
+        raise ConfigError(f"redis URL {redact(url)!r} names no Sentinel service: "
+                          "redis+sentinel://host:port[,host:port...]/service[/db]")
+    if db and not db.isdigit():
+        raise ConfigError(f"redis URL {redact(url)!r}: database {db!r} is not a number")
+    query = urllib.parse.parse_qs(plain.partition("?")[2])
+    sentinel_kwargs = {k[len("sentinel_"):]: query[k][0] for k in _SENTINEL_QUERY if k in query}
+    kept = "&".join(f"{k}={v}" for k, vs in query.items() if k not in _SENTINEL_QUERY for v in vs)
+    kwargs = _url_options(_without_path(plain, kept))
+    manager = Sentinel(addresses, sentinel_kwargs=sentinel_kwargs or None)  # type: ignore[no-untyped-call]
+    return manager.master_for(service, db=int(db or 0), **kwargs)  # type: ignore[no-untyped-call]
+
+
+def _url_options(plain: str) -> Dict[str, Any]:
+    """The connection options of a plain URL, less its address (given apart) and with TLS as
+    ``ssl=True``: RedisCluster and Sentinel pick their own connection classes."""
+    kwargs: Dict[str, Any] = redis.connection.parse_url(plain)  # type: ignore[no-untyped-call]
+    for key in ("host", "port", "db"):
+        kwargs.pop(key, None)
+    if kwargs.pop("connection_class", None) is redis.SSLConnection:
+        kwargs["ssl"] = True
+    return kwargs
+
+
+def _without_path(plain: str, query: str) -> str:
+    """`plain` with its path (the Sentinel service) left out and only `query` kept."""
+    scheme, _, rest = plain.partition("://")
+    authority = rest.partition("/")[0].partition("?")[0]
+    return f"{scheme}://{authority}" + (f"?{query}" if query else "")
 
 
 def redact(url: str) -> str:

@@ -212,6 +212,30 @@ def test_cluster_client_consumes_from_the_node_of_the_slot(
     assert "127.0.0.1:" in repr(consumer) and ":6379" not in repr(consumer)
 
 
+def test_cluster_url_starts_from_any_seed_node_that_answers(
+        cluster: RedisCluster, default_address: DefaultAddressWatch) -> None:
+    """``redis+cluster://host:port[,host:port...]``: a RedisCluster from the first seed that
+    answers (here the second: nothing listens on port 1); consumption as with the client."""
+    node = cluster.get_nodes()[0]
+    consumer = consume_through(f"redis+cluster://127.0.0.1:1,{node.host}:{node.port}", cluster,
+                               default_address)
+    assert ":6379" not in repr(consumer)
+
+
+@pytest.mark.parametrize("url, problem", [
+    ("redis+cluster://127.0.0.1:1", "no Redis Cluster node answered"),
+    ("redis+cluster://127.0.0.1:1/2", "database 0 only"),
+    ("redis+cluster://127.0.0.1", "is not host:port"),
+    ("redis+sentinel://127.0.0.1:26379", "names no Sentinel service"),
+    ("redis+sentinel://:secret@127.0.0.1:26379/mymaster/x", "database 'x' is not a number"),
+    ("redis+sentinel:///mymaster", "names no host:port"),
+])
+def test_bad_cluster_and_sentinel_urls_are_named(url: str, problem: str) -> None:
+    with pytest.raises(rstream.ConfigError, match=problem) as info:
+        rstream.Consumer(url, "s", "g", "c")
+    assert "secret" not in str(info.value)
+
+
 # -- Sentinel -------------------------------------------------------------------------------------
 class CommandCount:
     """Commands a server processed since this was made, leaving out the INFO calls it makes
@@ -258,6 +282,16 @@ def test_sentinel_master_for_consumes_from_the_master_it_names(
         watcher.close()
         default_address.forget(stream)
     assert consumer.error is None and default_address.received() == 0
+
+
+def test_sentinel_url_consumes_from_the_master_the_sentinels_name(
+        r: redis.Redis, sentinel: SentinelProcess, default_address: DefaultAddressWatch) -> None:
+    """``redis+sentinel://host:port[,host:port...]/service``: the master of `service` as the
+    Sentinels name it (the first address has no sentinel: the next one answers)."""
+    host, port = sentinel.address
+    consumer = consume_through(f"redis+sentinel://127.0.0.1:1,{host}:{port}/{MASTER_NAME}", r,
+                               default_address)
+    assert f"{MASTER_NAME} (via Sentinel)" in repr(consumer)
 
 
 # -- refused kinds --------------------------------------------------------------------------------
