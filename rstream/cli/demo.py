@@ -1,4 +1,4 @@
-"""The `rstream` command line: `rstream demo` publishes entries and drains them with a Consumer.
+"""`rstream demo`: publishes entries and drains them with a Consumer, printing the throughput.
 
 With no ``--redis`` the demo starts a throwaway server (`rstream.embedded`), so
 ``pip install -e '.[test]' && rstream demo`` works on a machine with no Redis installed.
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import logging
 import os
 import subprocess
 import sys
@@ -17,17 +16,17 @@ import threading
 import time
 import urllib.parse
 import uuid
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional
 
 import redis
 
-from . import __version__
-from ._hotpath import IMPLEMENTATION
-from .consumer import Consumer
-from .embedded import EmbeddedServer
-from .errors import RStreamError
-from .message import Message
-from .options import DEFAULT_BATCH_SIZE, DEFAULT_CONCURRENCY
+from .._hotpath import IMPLEMENTATION
+from ..consumer import Consumer
+from ..embedded import EmbeddedServer
+from ..errors import RStreamError
+from ..message import Message
+from ..options import DEFAULT_BATCH_SIZE, DEFAULT_CONCURRENCY
+from .common import EXIT_FAILED, EXIT_OK, positive_int
 
 PUBLISH_CHUNK = 1000          # XADDs per pipeline round trip
 DEFAULT_COUNT = 100_000
@@ -35,7 +34,6 @@ DEFAULT_TIMEOUT_S = 120.0
 CONNECT_TIMEOUT_S = 5.0
 STOP_TIMEOUT_S = 30.0
 POLL_S = 0.1                  # how often the drain wait looks for a fatal consumer error
-EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
 NO_EXTENSIONS_ENV = "RSTREAM_NO_EXTENSIONS"
 _PAYLOAD = b"x" * 60          # with the other two fields: 3 fields, 98 bytes of keys and values
 
@@ -51,59 +49,24 @@ class DemoResult:
     ok: bool
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Entry point of the `rstream` console script and of `python -m rstream`."""
-    args_list = list(sys.argv[1:] if argv is None else argv)
-    parser = _parser()
-    args = parser.parse_args(args_list)
-    if args.command is None:
-        parser.print_help()
-        return EXIT_FAILED
-    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(levelname)s: %(message)s")
-    command: Callable[[argparse.Namespace, List[str]], int] = args.run
-    try:
-        return command(args, args_list)
-    except (RStreamError, redis.RedisError, OSError) as exc:
-        print(f"rstream: error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    except KeyboardInterrupt:
-        print("rstream: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="rstream", description="rstream: consume a Redis Stream as a consumer-group member.")
-    parser.add_argument("--version", action="version", version=f"rstream {__version__}")
-    commands = parser.add_subparsers(dest="command", title="commands", metavar="COMMAND")
+def register(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     demo = commands.add_parser(
         "demo", help="publish entries and consume them, printing the throughput",
         description="Publish --count entries (3 fields, ~100 B) and drain them with a Consumer. "
                     "Without --redis a throwaway server is started and removed afterwards.")
     demo.add_argument("--redis", metavar="URL",
                       help="server to use (redis://host:port/db); default: an embedded server")
-    demo.add_argument("--count", type=_positive_int, default=DEFAULT_COUNT,
+    demo.add_argument("--count", type=positive_int, default=DEFAULT_COUNT,
                       help=f"entries to publish and consume (default {DEFAULT_COUNT})")
-    demo.add_argument("--concurrency", type=_positive_int, default=DEFAULT_CONCURRENCY,
+    demo.add_argument("--concurrency", type=positive_int, default=DEFAULT_CONCURRENCY,
                       help=f"handler threads (default {DEFAULT_CONCURRENCY})")
-    demo.add_argument("--batch-size", type=_positive_int, default=DEFAULT_BATCH_SIZE,
+    demo.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE,
                       help=f"largest COUNT of one read (default {DEFAULT_BATCH_SIZE})")
     demo.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
                       help=f"fail if not all entries are handled by then (default {DEFAULT_TIMEOUT_S:g})")
     demo.add_argument("--no-extensions", action="store_true",
                       help=f"use the pure-Python hot path (same as {NO_EXTENSIONS_ENV}=1)")
     demo.set_defaults(run=_demo_command)
-    return parser
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
-    return value
 
 
 def _demo_command(args: argparse.Namespace, argv: List[str]) -> int:
