@@ -172,7 +172,8 @@ def test_every_stream_has_its_own_group_heartbeat_and_name_fence(
         consumer.start(lambda m: None)
         for stream in streams:
             assert [g["name"] for g in r.xinfo_groups(stream)] == [group.encode()]
-            wait_until(lambda: r.exists(fence_key(stream, group, "beating")), DEADLINE_S)
+            key = fence_key(stream, group, "beating")
+            wait_until(lambda: r.exists(key), DEADLINE_S)  # noqa: B023 - used before the next turn
         # Watched over 6 heartbeat intervals with nothing to read (the reads block for 5 s):
         # only the heartbeat keeps each stream's idle time low.
         worst = {s: 0 for s in streams}

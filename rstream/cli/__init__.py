@@ -1,6 +1,8 @@
 """The `rstream` command line. Each subcommand is a module with a `register(commands)` that adds
 its parser and sets ``run`` to a function ``(args, argv) -> exit code``:
 
+- `rstream consume` (`consume`, `processes`): run a handler as a consumer, or N supervised
+  consumer processes;
 - `rstream demo` (`demo`): publish entries and drain them, printing the throughput.
 
 Every flag also reads ``RSTREAM_<FLAG>`` (`common.apply_environment`). Exit codes: 0 clean, 1 a
@@ -17,10 +19,10 @@ import redis
 
 from .. import __version__
 from ..errors import RStreamError
-from . import demo
+from . import consume, demo
 from .common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, Parser, UsageError, apply_environment
 
-COMMANDS = (demo,)
+COMMANDS = (consume, demo)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -21,11 +21,27 @@ class UsageError(Exception):
 
 
 class Parser(argparse.ArgumentParser):
-    """An ArgumentParser whose errors are one line (``rstream consume: error: ...``), exit 2."""
+    """An ArgumentParser whose errors are one line (``rstream consume: error: ...``), exit 2.
+    No abbreviated flags: ``--proc 2`` must not silently mean ``--processes 2``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
         raise SystemExit(EXIT_USAGE)
+
+
+class Append(argparse._AppendAction):
+    """A repeatable flag whose values given on the command line replace its default (from the
+    environment) instead of adding to it, as argparse's own "append" does."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: Optional[str] = None) -> None:
+        if getattr(namespace, self.dest, None) is self.default:
+            setattr(namespace, self.dest, None)
+        super().__call__(parser, namespace, values, option_string)
 
 
 def env_name(action: argparse.Action) -> str:
@@ -52,12 +68,13 @@ def apply_environment(parser: argparse.ArgumentParser) -> None:
 
 def _from_environment(parser: argparse.ArgumentParser, action: argparse.Action, name: str,
                       text: str) -> Any:
-    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction,
+                           argparse.BooleanOptionalAction)):
         lowered = text.strip().lower()
         if lowered not in _TRUE + _FALSE:
             parser.error(f"{name}={text!r}: expected 1/0, true/false, yes/no")
         value = lowered in _TRUE
-        return value if isinstance(action, argparse._StoreTrueAction) else not value
+        return not value if isinstance(action, argparse._StoreFalseAction) else value
     convert: Callable[[str], Any] = action.type if callable(action.type) else str
     items: List[str] = [t.strip() for t in text.split(",")] if isinstance(
         action, argparse._AppendAction) else [text]
