@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import os
+import pty
 import re
 import socket
 import subprocess
 import sys
+from pathlib import Path
 from typing import Optional
 
 import pytest
@@ -13,6 +15,7 @@ import redis
 
 from helpers import REPO_ROOT
 from rstream.cli import main
+from rstream.cli.bench import find_harness
 
 DEMO_TIMEOUT_S = 120.0
 THROUGHPUT_LINE = re.compile(r"^drain throughput: [\d,]+ entries/s \(([\d,]+) entries handled in ",
@@ -98,3 +101,41 @@ def test_help_lists_subcommands(capsys: pytest.CaptureFixture[str]) -> None:
     assert re.search(r"^\s+demo\s+publish entries", capsys.readouterr().out, re.MULTILINE)
     assert main([]) == 2
     assert "usage: rstream" in capsys.readouterr().out
+
+
+def test_demo_progress_is_plain_lines_off_a_terminal(redis_url: str) -> None:
+    """In a pipe the progress is plain lines (no carriage returns), ending with the total."""
+    result = run_cli("demo", "--redis", redis_url, "--count", "3000")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "\r" not in result.stdout
+    assert re.search(r"^handled 3,000/3,000 \([\d,]+/s\)$", result.stdout, re.MULTILINE), result.stdout
+
+
+def test_demo_progress_is_a_live_bar_on_a_terminal(redis_url: str) -> None:
+    """On a terminal (a pseudo-terminal here) the bar is redrawn in place and ends full."""
+    main_fd, child_fd = pty.openpty()
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "rstream", "demo", "--redis", redis_url,
+                             "--count", "3000"], stdout=child_fd, stderr=child_fd, env=env)
+    os.close(child_fd)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(main_fd, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(main_fd)
+    assert proc.wait(DEMO_TIMEOUT_S) == 0
+    output = b"".join(chunks).decode()
+    assert "\r[" + "#" * 30 + "]" in output and "3,000/3,000 handled" in output, output
+
+
+def test_bench_runs_the_harness_of_this_checkout_and_names_a_missing_one(tmp_path: Path) -> None:
+    """`rstream bench -- --help` reaches bench/run.py; without a checkout it is a usage error."""
+    result = run_cli("bench", "--", "--help")
+    assert result.returncode == 0 and "usage: python bench/run.py" in result.stdout, result.stderr
+    assert find_harness([tmp_path]) is None
+    assert find_harness([REPO_ROOT]) == REPO_ROOT / "bench" / "run.py"

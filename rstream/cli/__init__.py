@@ -3,7 +3,8 @@ its parser and sets ``run`` to a function ``(args, argv) -> exit code``:
 
 - `rstream consume` (`consume`, `processes`): run a handler as a consumer, or N supervised
   consumer processes;
-- `rstream demo` (`demo`): publish entries and drain them, printing the throughput.
+- `rstream demo` (`demo`): publish entries and drain them, printing the throughput;
+- `rstream bench` (`bench`): run the benchmark harness of a source checkout.
 
 Every flag also reads ``RSTREAM_<FLAG>`` (`common.apply_environment`). Exit codes: 0 clean, 1 a
 runtime or fatal error (one line on stderr, no traceback), 2 a usage error (one line).
@@ -19,10 +20,10 @@ import redis
 
 from .. import __version__
 from ..errors import RStreamError
-from . import consume, demo
+from . import bench, consume, demo
 from .common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, Parser, UsageError, apply_environment
 
-COMMANDS = (consume, demo)
+COMMANDS = (consume, demo, bench)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -27,6 +27,7 @@ from ..errors import RStreamError
 from ..message import Message
 from ..options import DEFAULT_BATCH_SIZE, DEFAULT_CONCURRENCY
 from .common import EXIT_FAILED, EXIT_OK, positive_int
+from .progress import Progress
 
 PUBLISH_CHUNK = 1000          # XADDs per pipeline round trip
 DEFAULT_COUNT = 100_000
@@ -163,13 +164,15 @@ def _drain(url: str, stream: str, args: argparse.Namespace) -> DemoResult:
 
     consumer = Consumer(redis=url, stream=stream, group="rstream-demo", consumer_name="demo-1",
                         group_start_id="0", concurrency=args.concurrency, batch_size=args.batch_size)
+    progress = Progress(args.count, sys.stdout)
     started = time.perf_counter()
     consumer.start(handle)
     try:
         deadline = time.monotonic() + args.timeout
         while not done.wait(POLL_S) and consumer.error is None and time.monotonic() < deadline:
-            pass
+            progress.show(handled)
         elapsed, handled_in_time = time.perf_counter() - started, handled
+        progress.show(handled_in_time, final=True)
     finally:
         consumer.stop(STOP_TIMEOUT_S)
     result = DemoResult(handled=handled_in_time, drain_s=elapsed, ok=done.is_set())
