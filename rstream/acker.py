@@ -13,6 +13,7 @@ import threading
 from typing import List, Optional
 
 from .errors import FatalRedisError, TransientError
+from .events import Events
 from .options import Options
 from .redisio import StreamOps
 from .settle import RetryItem, SettleBatch, backoff_due_ms
@@ -30,11 +31,12 @@ def _refused(exc: Exception) -> bool:
 
 class Acker:
     def __init__(self, ops: StreamOps, options: Options, settlements: Settlements,
-                 stop: threading.Event) -> None:
+                 stop: threading.Event, events: Events) -> None:
         self.ops = ops
         self._o = options
         self._settlements = settlements
         self._stop = stop
+        self._events = events
 
     def step(self) -> Optional[float]:
         batch = self._settlements.wait_for_flush(self._stop)
@@ -78,6 +80,9 @@ class Acker:
         if written:
             log.warning("rstream: entry %s (attempt %d) moved to dead-letter stream %r: %s",
                         message.id, message.attempt, self._o.dead_letter_stream, error)
+            self._events.emit("dead_lettered", self._o.stream, id=message.id,
+                              attempt=message.attempt, error=error,
+                              dead_letter_stream=self._o.dead_letter_stream)
         else:
             # The script found it no longer pending here (settled, or taken over elsewhere).
             log.debug("rstream: entry %s was no longer pending here; not dead-lettered",

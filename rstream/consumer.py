@@ -22,6 +22,7 @@ from typing import Any, Callable, Dict, List, Literal, NoReturn, Optional, Seque
 from .backoff import Backoff
 from .connection import ConnectionFactory, Link, check_same_slot, client_from_option
 from .dispatch import WorkerPool
+from .events import EventHandler, Events
 from .errors import (ConfigError, FatalRedisError, RedisUnavailable, RStreamError, StreamMissing,
                      WrongType)
 from .handlers import FailureHandler, Handler, is_async_callable
@@ -70,6 +71,7 @@ class Consumer:
                  max_attempts: Optional[int] = None,
                  dead_letter_stream: Optional[str] = None,
                  start_timeout: Optional[int] = None,
+                 on_event: Optional[EventHandler] = None,
                  **unknown: NoReturn) -> None:
         self.options = Options.build(
             stream=stream, streams=streams, group=group, consumer_name=consumer_name,
@@ -78,14 +80,17 @@ class Consumer:
             heartbeat_interval=heartbeat_interval, allowed_missed_heartbeats=allowed_missed_heartbeats,
             delete_on_ack=delete_on_ack, concurrency=concurrency, batch_size=batch_size,
             max_in_flight=max_in_flight, handle_failure=handle_failure, max_attempts=max_attempts,
-            dead_letter_stream=dead_letter_stream, start_timeout=start_timeout, **unknown)
+            dead_letter_stream=dead_letter_stream, start_timeout=start_timeout, on_event=on_event,
+            **unknown)
         client = client_from_option(redis)
         o = self.options
         self._counters = Counters()
+        self._events = Events(o.on_event, o.group, o.consumer_name)
         self._lanes: List[Lane] = []
         for name in o.streams:
             check_same_slot(client, name, o.dead_letter_stream)
-            lane = Lane(o.for_stream(name), ConnectionFactory(client, name), self._counters)
+            lane = Lane(o.for_stream(name), ConnectionFactory(client, name), self._counters,
+                        self._events)
             lane.check_fence_slot(client)
             self._lanes.append(lane)
         self._lifecycle = threading.Lock()
@@ -123,6 +128,7 @@ class Consumer:
                 self._fatal = exc  # state "failed", and `error` says why
             self._state = "stopped"
             raise
+        self._events.start()
         self._pool.start()
         for loop in self._loops:
             loop.start()
@@ -240,7 +246,7 @@ class Consumer:
         for lane in self._lanes:
             where = lane.factory.describe()
             if where not in health:
-                health[where] = Health(self._counters, where)
+                health[where] = Health(self._counters, where, self._events)
             lane.build(pool, self._counters, health[where], stops, self._ops, self._on_fatal)
         self._health = health
         self._pool = pool
@@ -351,6 +357,7 @@ class Consumer:
             lane.leave(deadline)
         self._pool.join(min(deadline, time.monotonic() + 0.1))
         self._close_links()
+        self._events.close(deadline)
 
     def _close_links(self) -> None:
         for link in self._links:

@@ -14,6 +14,7 @@ import threading
 
 from . import _hotpath as hot
 from .errors import StreamMissing
+from .events import Events
 from .options import Options
 from .redisio import StreamOps
 from .stats import Counters
@@ -32,9 +33,11 @@ class Position:
 class GroupKeeper:
     """Finds or creates the group; every thread calls `ensure` on NOGROUP (with its own ops)."""
 
-    def __init__(self, options: Options, counters: Counters, position: Position) -> None:
+    def __init__(self, options: Options, counters: Counters, position: Position,
+                 events: Events) -> None:
         self._o = options
         self._counters = counters
+        self._events = events
         self._position = position
         self._lock = threading.Lock()
         self._seen = False            # the group was created or found once
@@ -64,6 +67,8 @@ class GroupKeeper:
                        if state.reason == "resumed" else "at 0: the stream is new")
                 log.warning("rstream: consumer group %r on %r was missing and has been created "
                             "again %s (%s)", o.group, o.stream, why, state.position)
+                self._events.emit("group_recreated", o.stream, position=state.position,
+                                  reason=state.reason)
             elif missing_before:
                 log.info("rstream: stream %r appeared; consumer group %r created at 0, so its "
                          "first entries are delivered", o.stream, o.group)

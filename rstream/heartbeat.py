@@ -15,6 +15,7 @@ import uuid
 from typing import Optional
 
 from .errors import FatalRedisError
+from .events import Events
 from .options import Options
 from .redisio import StreamOps
 
@@ -52,9 +53,10 @@ class NameFence:
 
 
 class Heartbeat:
-    def __init__(self, ops: StreamOps, options: Options, fence: NameFence) -> None:
+    def __init__(self, ops: StreamOps, options: Options, fence: NameFence, events: Events) -> None:
         self.ops = ops
         self.fence = fence
+        self._events = events
         self._o = options
         self._interval_s = options.heartbeat_interval / 1000
 
@@ -78,6 +80,7 @@ class Heartbeat:
         elif isinstance(verdict, str):
             fence.lost_to = verdict
             o = self._o
+            self._events.emit("fenced", o.stream, by=verdict.rsplit(":", 1)[0])
             raise FatalRedisError(
                 f"consumer {o.consumer_name!r} of group {o.group!r} on stream {o.stream!r} is "
                 f"used by another process started later ({verdict.rsplit(':', 1)[0]}); this one "

@@ -24,6 +24,7 @@ from .acker import Acker
 from .connection import IO_TIMEOUT_S, READER_READ_SIZE, ConnectionFactory
 from .dispatch import WorkerPool
 from .errors import ConfigError, FatalRedisError, RStreamError
+from .events import Events
 from .group import GroupKeeper, Position
 from .heartbeat import Heartbeat, NameFence
 from .intake import Intake
@@ -56,11 +57,13 @@ class Stops:
 class Lane:
     """The parts of one consumer that work on one stream (see the module docstring)."""
 
-    def __init__(self, options: Options, factory: ConnectionFactory, counters: Counters) -> None:
+    def __init__(self, options: Options, factory: ConnectionFactory, counters: Counters,
+                 events: Events) -> None:
         self.options = options
         self.factory = factory
+        self.events = events
         self.position = Position()
-        self.group = GroupKeeper(options, counters, self.position)
+        self.group = GroupKeeper(options, counters, self.position, events)
         self.fence = NameFence(fence_key(options.stream, options.group, options.consumer_name),
                                options)
         self.loops: List[Loop] = []
@@ -84,13 +87,15 @@ class Lane:
         self.intake = Intake(self.ledger, pool, counters, self.settlements, o.consumer_name,
                              outcomes.completed)
         self.acker = Acker(make_ops(self, "acker", IO_TIMEOUT_S, 65536), o, self.settlements,
-                           stops.acker)
+                           stops.acker, self.events)
         read_timeout = o.receive_interval / 1000 + IO_TIMEOUT_S
         self.reader = Reader(make_ops(self, "reader", read_timeout, READER_READ_SIZE), o,
                              self.ledger, self.settlements, self.intake, self.position, stops.intake)
         self.reaper = Reaper(make_ops(self, "reaper", IO_TIMEOUT_S, 65536), o, self.ledger,
-                             self.intake, self.settlements, stops.intake, self.reader.replay_done)
-        self.heartbeat = Heartbeat(make_ops(self, "heartbeat", IO_TIMEOUT_S, 65536), o, self.fence)
+                             self.intake, self.settlements, stops.intake, self.reader.replay_done,
+                             self.events)
+        self.heartbeat = Heartbeat(make_ops(self, "heartbeat", IO_TIMEOUT_S, 65536), o, self.fence,
+                                   self.events)
 
         # Thread names carry the stream when there are several, so a log line says whose it is.
         suffix = f" {o.stream}" if o.streams != (o.stream,) else ""

@@ -11,6 +11,7 @@ from typing import Any, Collection, Optional, Tuple
 
 from . import _hotpath as hot
 from .errors import ConfigError
+from .events import EventHandler
 from .handlers import FailureHandler, is_async_callable
 
 DEFAULT_CONCURRENCY = 8
@@ -45,6 +46,7 @@ class Options:
     dead_letter_stream: Optional[str] = None
     # Longest wait in start()/run() for the server (ms); None retries forever.
     start_timeout: Optional[int] = None
+    on_event: Optional[EventHandler] = None
 
     @property
     def in_flight_limit(self) -> int:
@@ -105,6 +107,12 @@ class Options:
         if is_async_callable(self.handle_failure):
             raise ConfigError(f"handle_failure must be a plain (synchronous) function, got the async "
                               f"{self.handle_failure!r}: rstream calls it on a thread and would never "
+                              "await it")
+        if self.on_event is not None and not callable(self.on_event):
+            raise ConfigError(f"on_event must be callable or None, got {self.on_event!r}")
+        if is_async_callable(self.on_event):
+            raise ConfigError(f"on_event must be a plain (synchronous) function, got the async "
+                              f"{self.on_event!r}: rstream calls it on a thread and would never "
                               "await it")
         if self.max_attempts is not None:
             _positive_int("max_attempts", self.max_attempts)

@@ -20,6 +20,7 @@ from typing import List, Optional, Tuple
 
 from .failover import (ConsumerInfo, claim_page, dead_consumers, next_check_ms, next_start,
                        stray_entries, verdicts_stale)
+from .events import Events
 from .heartbeat import rest_of
 from .intake import Intake
 from .ledger import Ledger
@@ -38,7 +39,7 @@ RETRY_IDLE_MARGIN_MS = 50
 class Reaper:
     def __init__(self, ops: StreamOps, options: Options, ledger: Ledger, intake: Intake,
                  settlements: Settlements, stop: threading.Event,
-                 replay_done: threading.Event) -> None:
+                 replay_done: threading.Event, events: Events) -> None:
         self.ops = ops
         self._o = options
         self._ledger = ledger
@@ -46,6 +47,7 @@ class Reaper:
         self._settlements = settlements
         self._stop = stop
         self._replay_done = replay_done
+        self._events = events
         self._look_at = 0.0     # monotonic: when to look at XINFO CONSUMERS next
         self._judge_after = 0.0  # monotonic: no dead verdicts before it (after a stall)
 
@@ -115,6 +117,8 @@ class Reaper:
                 log.info("rstream: consumer %r is dead (idle %d ms > %d ms): claimed %d entries%s",
                          consumer.name, consumer.idle_ms, dead_after, claimed,
                          ", removed it" if removed else "")
+                self._events.emit("consumer_dead", self._o.stream, dead=consumer.name,
+                                  idle_ms=consumer.idle_ms, claimed=claimed, removed=removed)
 
     def _claim_all(self, consumer: str, min_idle_ms: int, counter: str,
                    strays: bool) -> Tuple[int, bool]:

@@ -19,6 +19,7 @@ from typing import Callable, Optional
 
 from .backoff import Backoff
 from .connection import Link
+from .events import Events
 from .errors import (ConfigError, FatalRedisError, GroupMissing, RedisOutOfMemory, RedisUnavailable,
                      StreamMissing)
 from .stats import Counters
@@ -38,7 +39,7 @@ class Health:
     proves nothing; ending the outage on it made every outage log as several.
     """
 
-    def __init__(self, counters: Counters, where: str) -> None:
+    def __init__(self, counters: Counters, where: str, events: Optional[Events] = None) -> None:
         self._lock = threading.Lock()
         self._down_since: Optional[float] = None
         self._waiting_since: Optional[float] = None
@@ -47,6 +48,7 @@ class Health:
         self._out_of_memory = False  # the outage is an OOM refusal, not a lost connection
         self._counters = counters
         self._where = where
+        self._events = events
 
     def down(self, exc: BaseException, ok_at: Optional[float] = None) -> None:
         """A step failed to reach the server. `ok_at` is when its link last read a reply: if
@@ -60,6 +62,9 @@ class Health:
             self._down_since = time.monotonic()
             self._out_of_memory = isinstance(exc, RedisOutOfMemory)
         self._counters.add(outages=1)
+        if self._events is not None:
+            self._events.emit("outage", None, server=self._where, error=str(exc),
+                              out_of_memory=self._out_of_memory)
         if self._out_of_memory:
             log.warning("rstream: Redis at %s refuses writes: out of memory (%s); retrying with "
                         "backoff", self._where, exc)
@@ -85,9 +90,11 @@ class Health:
             else:
                 waited = None
         if since is not None:
+            down_s = time.monotonic() - since
             log.info("rstream: Redis at %s %s again after %.1f s", self._where,
-                     "accepts writes" if out_of_memory else "reachable",
-                     time.monotonic() - since)
+                     "accepts writes" if out_of_memory else "reachable", down_s)
+            if self._events is not None:
+                self._events.emit("recovered", None, server=self._where, down_s=round(down_s, 3))
         if waited is not None:
             log.info("rstream: the stream exists now; consuming")
 

@@ -167,7 +167,7 @@ def test_every_keyword_parameter_reaches_the_options() -> None:
         group_start_id="0", make_stream=True, receive_interval=7, heartbeat_interval=8,
         allowed_missed_heartbeats=9, delete_on_ack=True, concurrency=2, batch_size=3,
         max_in_flight=30, handle_failure=on_failure, max_attempts=4, dead_letter_stream="dlq",
-        start_timeout=1500)
+        start_timeout=1500, on_event=print)
     assert set(given) | {"streams"} == {p.name for p in _option_parameters()}, \
         "a new option needs a value here"
     options = rstream.Consumer(**_valid(**given)).options

@@ -29,8 +29,8 @@ from .common import (EXIT_FAILED, EXIT_OK, Append, Parser, UsageError, optional_
 log = logging.getLogger("rstream")
 
 # Options that are not plain flags: the names and the stream(s) have their own, the failure
-# handler is imported from MODULE:FUNCTION like the handler.
-_OWN_FLAGS = ("stream", "streams", "group", "consumer_name", "handle_failure")
+# handler and the event callback are imported from MODULE:FUNCTION like the handler.
+_OWN_FLAGS = ("stream", "streams", "group", "consumer_name", "handle_failure", "on_event")
 # Set by the supervisor in each child: the child stops when its supervisor is gone.
 SUPERVISOR_ENV = "RSTREAM_SUPERVISOR_PID"
 PARENT_CHECK_S = 1.0
@@ -75,6 +75,8 @@ def register(commands: "argparse._SubParsersAction[Parser]") -> None:
                              "NAME-1 .. NAME-N)")
     parser.add_argument("--handle-failure", metavar="MODULE:FUNCTION",
                         help="called as function(message, error) for each failed message")
+    parser.add_argument("--on-event", metavar="MODULE:FUNCTION",
+                        help="called as function(event) for outages, claims, dead letters...")
     for field in dataclasses.fields(Options):
         if field.name not in _OWN_FLAGS:
             _add_option_flag(parser, field)
@@ -169,6 +171,8 @@ def consume(args: argparse.Namespace) -> int:
     kwargs = consumer_kwargs(args)
     if args.handle_failure is not None:
         kwargs["handle_failure"] = load(args.handle_failure, "--handle-failure")
+    if args.on_event is not None:
+        kwargs["on_event"] = load(args.on_event, "--on-event")
     try:
         consumer = Consumer(args.redis, **kwargs)
     except ConfigError as exc:
