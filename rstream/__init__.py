@@ -16,12 +16,14 @@ from .consumer import Consumer
 from .errors import (AuthenticationFailed, ConfigError, FatalRedisError, GroupMissing,
                      PermissionDenied, RedisOutOfMemory, RedisUnavailable, RStreamError,
                      ServerError, StreamMissing, TLSConfigError, TransientError, WrongType)
+from .events import Event
 from .message import Message
+from .producer import Producer
 from .stats import Stats
 
 __version__ = "0.1.0"
 
-__all__ = ["Consumer", "Message", "Stats", "RStreamError", "ConfigError", "TLSConfigError",
+__all__ = ["Consumer", "Producer", "Message", "Stats", "Event", "RStreamError", "ConfigError", "TLSConfigError",
            "TransientError", "RedisUnavailable", "RedisOutOfMemory", "GroupMissing", "StreamMissing",
            "FatalRedisError", "AuthenticationFailed", "PermissionDenied", "WrongType", "ServerError",
            "__version__"]
