@@ -2,19 +2,19 @@
 
 A worker reports each chunk here (`Outcomes.completed`): successes become acks; each failure
 runs `handle_failure` (on this worker thread, as the user expects) and gets its verdict from
-the pure `settle.judge_failure`. The outcomes go to `Settlements` as data, and the chunk's
-in-flight slots are freed. Nothing here talks to Redis.
+`settle.judge` (the code `rstream.testing` runs too). The outcomes go to `Settlements` as data,
+and the chunk's in-flight slots are freed. Nothing here talks to Redis.
 """
 from __future__ import annotations
 
 import logging
-from typing import List, Optional, Tuple
+from typing import List, Tuple
 
 from .dispatch import Failure
 from .ledger import Ledger
 from .message import Message
 from .options import Options
-from .settle import RetryItem, Verdict, failure_text, judge_failure
+from .settle import RetryItem, Verdict, failure_text, judge
 from .settlements import DeadLetter, Settlements, mono_ms, now_ms
 from .stats import Counters
 
@@ -53,25 +53,19 @@ class Outcomes:
         self._ledger.finish(len(ok) + len(failures))
 
     def _judge(self, message: Message, error: BaseException) -> Tuple[Verdict, int]:
-        broken: Optional[BaseException] = None
-        if self._o.handle_failure is not None:
-            try:
-                self._o.handle_failure(message, error)
-            except BaseException as exc:  # noqa: BLE001 - must not kill the worker or leak its slots
-                broken = exc
-        else:
+        if self._o.handle_failure is None:
             # With the traceback: the handler's own frames are where the user has to look.
             log.warning("rstream: handler failed for entry %s (attempt %d): %r",
                         message.id, message.attempt, error, exc_info=error)
-        now = now_ms()
-        verdict, due_ms = judge_failure(
-            message, failure_handler_failed=broken is not None, max_attempts=self._o.max_attempts,
-            dead_letter=self._o.dead_letter_stream is not None, now_ms=now)
-        if broken is not None:
+        judged = judge(message, error, handle_failure=self._o.handle_failure,
+                       max_attempts=self._o.max_attempts,
+                       dead_letter=self._o.dead_letter_stream is not None, clock=now_ms)
+        verdict, due_ms = judged.verdict, judged.due_ms
+        if judged.failure_handler_error is not None:
             then = ("it goes to the dead-letter stream" if verdict is Verdict.DEAD_LETTER else
-                    f"it stays pending and will be retried in {due_ms - now} ms")
+                    f"it stays pending and will be retried in {due_ms - judged.now_ms} ms")
             log.error("rstream: handle_failure raised for entry %s (attempt %d): %r; %s",
-                      message.id, message.attempt, broken, then)
+                      message.id, message.attempt, judged.failure_handler_error, then)
         if verdict is Verdict.DROP:
             log.warning("rstream: entry %s failed on its last attempt (%d of %s) and there is no "
                         "dead_letter_stream: acknowledged and dropped (%s)", message.id,

@@ -46,7 +46,7 @@ from .errors import FatalRedisError, GroupMissing, PermissionDenied, RStreamErro
 from .failover import ConsumerInfo, PendingEntry, parse_consumers, parse_pending
 from .message import Message
 from .options import Options
-from .settle import SettleBatch, SettleResult
+from .settle import SettleBatch, SettleResult, dead_letter_fields
 
 MIN_SERVER_VERSION = (6, 2)
 # A history read past every possible id: returns nothing, but counts as an interaction. Not
@@ -240,10 +240,8 @@ class StreamOps:
                 packed.append(ack)
                 steps.append((_ACK, 1))
         for message, error in batch.dead_letters:
-            flat: List[Any] = [x for pair in message.fields.items() for x in pair]
-            flat += ["rstream-stream", o.stream, "rstream-id", message.id, "rstream-group", o.group,
-                     "rstream-consumer", o.consumer_name, "rstream-attempt", message.attempt,
-                     "rstream-error", error]
+            flat = dead_letter_fields(message, error, stream=o.stream, group=o.group,
+                                      consumer=o.consumer_name)
             packed.append(_pack(b"EVAL", scripts.DEAD_LETTER, 2, self._stream_b,
                                 self.link.encode(o.dead_letter_stream), self._group_b, message.id,
                                 int(o.delete_on_ack), *(self.link.encode(x) for x in flat)))

@@ -3,7 +3,9 @@
 A message is settled one of four ways: acknowledged (success, or a failure the user let go),
 retried later (kept pending), dead-lettered (appended to the dead-letter stream and acked in one
 atomic step) or dropped (the last allowed attempt failed and there is no dead-letter stream: acked
-and logged). The worker threads call `judge_failure`; the acker sends what accumulates here.
+and logged). The worker threads call `judge` (the user's handle_failure, then `judge_failure`);
+the acker sends what accumulates here, dead letters with `dead_letter_fields`. `rstream.testing`
+calls the same functions, so what it tells a user's test is what the consumer does.
 """
 from __future__ import annotations
 
@@ -11,8 +13,9 @@ import dataclasses
 import enum
 import heapq
 import math
-from typing import List, Optional, Tuple
+from typing import Any, Callable, List, Optional, Tuple
 
+from .handlers import FailureHandler
 from .message import Message
 
 # A failure handler that raises (or a dead letter the server refuses) leaves its entry pending;
@@ -28,6 +31,36 @@ class Verdict(enum.Enum):
     RETRY = "retry"
     DEAD_LETTER = "dead_letter"
     DROP = "drop"
+
+
+@dataclasses.dataclass(frozen=True)
+class Judgement:
+    """What `judge` decided for one failed message: the verdict, when it is due again (RETRY
+    only, unix ms), what handle_failure raised (None if it returned, or there is none) and the
+    time it was judged at (unix ms)."""
+
+    verdict: Verdict
+    due_ms: int
+    failure_handler_error: Optional[BaseException]
+    now_ms: int
+
+
+def judge(message: Message, error: BaseException, *, handle_failure: Optional[FailureHandler],
+          max_attempts: Optional[int], dead_letter: bool, clock: Callable[[], int]) -> Judgement:
+    """Run `handle_failure` on a message whose handler raised `error`, then give its verdict.
+    Whatever handle_failure raises is an outcome, not an escape: it must not kill the worker
+    or leak its slots. The clock (unix ms) is read after handle_failure, whose `retry_after` it
+    is compared with."""
+    broken: Optional[BaseException] = None
+    if handle_failure is not None:
+        try:
+            handle_failure(message, error)
+        except BaseException as exc:  # noqa: BLE001 - must not kill the worker or leak its slots
+            broken = exc
+    now = clock()
+    verdict, due_ms = judge_failure(message, failure_handler_failed=broken is not None,
+                                    max_attempts=max_attempts, dead_letter=dead_letter, now_ms=now)
+    return Judgement(verdict, due_ms, broken, now)
 
 
 def judge_failure(message: Message, *, failure_handler_failed: bool, max_attempts: Optional[int],
@@ -75,6 +108,18 @@ def failure_text(error: BaseException) -> str:
     if len(text) > FAILURE_TEXT_LIMIT:
         text = text[:FAILURE_TEXT_LIMIT - 3] + "..."
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def dead_letter_fields(message: Message, error: str, *, stream: str, group: str,
+                       consumer: str) -> List[Any]:
+    """The dead-letter entry's field and value items, flat, in order, before encoding: the
+    message's fields as the handler left them, then where it came from and why it failed
+    (`error`: `failure_text` of the handler's exception)."""
+    flat: List[Any] = [x for pair in message.fields.items() for x in pair]
+    flat += ["rstream-stream", stream, "rstream-id", message.id, "rstream-group", group,
+             "rstream-consumer", consumer, "rstream-attempt", message.attempt,
+             "rstream-error", error]
+    return flat
 
 
 @dataclasses.dataclass
