@@ -83,7 +83,7 @@ class Lane:
         o = self.options
         self.ledger = Ledger(o.in_flight_limit)
         self.settlements = Settlements(self.ledger, counters)
-        outcomes = Outcomes(o, self.settlements, self.ledger, counters)
+        outcomes = Outcomes(o, self.settlements, self.ledger, counters, self.events)
         self.intake = Intake(self.ledger, pool, counters, self.settlements, o.consumer_name,
                              outcomes.completed)
         self.acker = Acker(make_ops(self, "acker", IO_TIMEOUT_S, 65536), o, self.settlements,

@@ -11,6 +11,7 @@ import logging
 from typing import List, Tuple
 
 from .dispatch import Failure
+from .events import Events
 from .ledger import Ledger
 from .message import Message
 from .options import Options
@@ -23,8 +24,9 @@ log = logging.getLogger("rstream")
 
 class Outcomes:
     def __init__(self, options: Options, settlements: Settlements, ledger: Ledger,
-                 counters: Counters) -> None:
+                 counters: Counters, events: Events) -> None:
         self._o = options
+        self._events = events
         self._settlements = settlements
         self._ledger = ledger
         self._counters = counters
@@ -70,4 +72,6 @@ class Outcomes:
             log.warning("rstream: entry %s failed on its last attempt (%d of %s) and there is no "
                         "dead_letter_stream: acknowledged and dropped (%s)", message.id,
                         message.attempt, self._o.max_attempts, failure_text(error))
+            self._events.emit("dropped", self._o.stream, id=message.id, attempt=message.attempt,
+                              error=failure_text(error))
         return verdict, due_ms
