@@ -10,17 +10,21 @@ blocking read, and hiredis as the reply parser. A link connects through the conn
 of Sentinel-managed connections and would reach localhost:6379 instead. A link to a
 `RedisCluster` node follows the stream's slot: after a MOVED or READONLY reply, or a lost
 connection, its next connection goes where `ConnectionFactory.look_again` finds the slot now.
-Errors come out of a link translated to rstream's tree (`rstream.faults`).
+While the slot migrates, the commands its node refuses with ASK (their key moved already) are
+sent again to the node importing it, after ASKING (`Link._read_asked`). Errors come out of a
+link translated to rstream's tree (`rstream.faults`).
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import socket
 import threading
 import time
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Deque, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
+import hiredis
 import redis
 import redis.exceptions as rex
 from redis.backoff import NoBackoff
@@ -52,6 +56,9 @@ Timeout = Optional[float]
 # another cluster node (MOVED), or a master was demoted to a replica (READONLY). The link drops
 # the connection and its next one goes where the server is now.
 _WRONG_SERVER = (rex.MovedError, rex.ReadOnlyError)
+_ASKING: Command = ("ASKING",)
+# The commands that end a transaction MULTI began.
+_ENDS = ("EXEC", "DISCARD")
 
 log = logging.getLogger("rstream")
 
@@ -96,11 +103,17 @@ class ConnectionFactory:
         follow = _Follower(self, pinned, generation) if self._recipe.again is not None else None
         return Link(conn, role, follow)
 
-    def _connection(self, pinned: Dict[str, Any]) -> AbstractConnection:
+    def _connection(self, pinned: Dict[str, Any], **address: Any) -> AbstractConnection:
         extra = dict(pinned)
         if issubclass(self._cls, redis.Connection):  # TCP only: a unix socket refuses the option
             extra["socket_keepalive"] = True
-        return self._cls(**self._kwargs, **extra)
+        return self._cls(**{**self._kwargs, **address}, **extra)
+
+    def at(self, pinned: Dict[str, Any], host: str, port: int) -> AbstractConnection:
+        """A connection like the others to another node of the cluster: the one an ASK reply
+        names, importing the stream's slot."""
+        with self._lock:
+            return self._connection(pinned, host=host, port=port)
 
     def look_again(self, pinned: Dict[str, Any], seen: int) -> Tuple[AbstractConnection, int]:
         """A connection to where the server is now, for a link whose last connection was made
@@ -135,9 +148,48 @@ class _Follower:
         conn, self._generation = self._factory.look_again(self._pinned, self._generation)
         return conn
 
+    def asked(self, host: str, port: int) -> AbstractConnection:
+        """A connection to the node an ASK reply names."""
+        return self._factory.at(self._pinned, host, port)
+
+
+class _Asking:
+    """What a link keeps while its node answers ASK: the stream's slot is migrating, and the key
+    of the refused command is on the importing node already (the command was not run).
+
+    The link does not move to the importing node. Redis lets a client send the refused command
+    there after ASKING, and that command only: the slot's other keys may not be moved yet (the
+    name fence key, a dead-letter stream), and the importing node, once let in, serves a key it
+    does not hold yet as missing. The fence script would write its key there, and the
+    operator's MIGRATE of the real one would then fail with BUSYKEY. So every command still
+    goes to the slot's node first, and those it refuses go to the importing node, in the order
+    they were sent, each after its own ASKING (which lets one command in: a packed write holds
+    several). That costs an extra round trip per refused write until the migration ends; it
+    ends with a MOVED from either node (`Link._judge`), which the link follows like any other.
+    To send a refused command again the link must have it: from the first ASK on, it keeps
+    each command it sends until its reply is read (splitting packed writes, `_split`)."""
+
+    def __init__(self, follow: _Follower, source: Tuple[Any, Any], target: Tuple[str, int]) -> None:
+        self.follow = follow
+        self.source = source  # the node the link's own connection goes to, as (host, port)
+        self.target = target  # the importing node, as the last ASK named it
+        self.conn: Any = None  # the connection to `target`, once a command was sent there
+        self.sent: Deque[Command] = collections.deque()  # on the link's connection, unanswered
+        # Replies read past the count a `read` asked for: the rest of a transaction, whose
+        # commands go to the importing node together or not at all.
+        self.ahead: Deque[Any] = collections.deque()
+
+    def drop(self) -> None:
+        """The link's connections are lost, and every reply still due on them."""
+        if self.conn is not None:
+            self.conn.disconnect()
+        self.sent.clear()
+        self.ahead.clear()
+
 
 class Link:
-    """One connection owned by one thread. Errors come out translated to rstream's tree.
+    """One connection owned by one thread (and, while its stream's slot migrates, one to the
+    node importing it: `_Asking`). Errors come out translated to rstream's tree.
 
     `ok_at` is when the request behind the last reply read was sent (monotonic): the evidence
     `supervise.Health` needs before it calls an outage or a missing stream over. A step that
@@ -145,13 +197,13 @@ class Link:
     (Redis 6.2 times it out as usual when its stream is deleted meanwhile).
     """
 
-    def __init__(self, conn: AbstractConnection, role: str,
-                 follow: Optional[Callable[[], AbstractConnection]] = None) -> None:
+    def __init__(self, conn: AbstractConnection, role: str, follow: Optional[_Follower] = None) -> None:
         self._conn: Any = conn  # redis-py's Connection methods are untyped
         self.role = role
         # Where the next connection comes from once this one was lost or told it is on the wrong
         # server (a RedisCluster's slot moved): None for servers that stay where they are.
         self._follow = follow
+        self._asking: Optional[_Asking] = None  # while the stream's slot migrates
         self._connected_before = False
         self.ok_at = 0.0
         self._sent_at = 0.0
@@ -191,29 +243,36 @@ class Link:
         self._sent_at = now
         if self._conn._sock is None:
             if self._connected_before and self._follow is not None:
-                self._relocate()
-            self._connect()
+                self._relocate(self._follow)
+            self._connected_before = True
+            self._connect(self._conn)
         try:
             # send_packed_command iterates its argument: bytes must go in a list, not bare.
             payload = [commands] if isinstance(commands, bytes) else self._conn.pack_commands(commands)
             self._conn.send_packed_command(payload, check_health=False)
         except (rex.RedisError, OSError) as exc:
-            self._conn.disconnect()
+            self._drop()
             raise translate(exc) from None
+        if self._asking is not None:
+            self._asking.sent.extend(_split(commands) if isinstance(commands, bytes) else commands)
 
-    def _relocate(self) -> None:
-        """Replace the lost connection by one to where the stream's server is now."""
+    def _relocate(self, follow: _Follower) -> None:
+        """Replace the lost connection by one to where the stream's server is now. On another
+        node than the one that answered ASK, the migration it told of is none of this link's
+        business any more (it ended, or that node failed)."""
         try:
-            self._conn = self._follow() if self._follow is not None else self._conn
+            conn = follow()
         except (rex.RedisError, rex.RedisClusterException, OSError) as exc:
             raise translate(exc) from None
+        if self._asking is not None and _address(conn) != self._asking.source:
+            self._end_asking()
+        self._conn = conn
         self._cut_to_deadline()
 
-    def _connect(self) -> None:
-        """Open the connection with its own `connect()`, which is where a Sentinel-managed
+    def _connect(self, conn: Any) -> None:
+        """Open a connection with its own `connect()`, which is where a Sentinel-managed
         connection asks for the current master: the implicit connect of `send_packed_command`
         skips that and goes to the default localhost:6379."""
-        conn = self._conn
         first_tls = tls.is_tls(conn) and not self._tls_tried
         read_s = conn.socket_timeout
         if first_tls:
@@ -223,7 +282,6 @@ class Link:
             short = tls.FIRST_HANDSHAKE_TIMEOUT_S
             _set_timeouts(conn, short if read_s is None else min(read_s, short),
                           conn.socket_connect_timeout)
-        self._connected_before = True
         try:
             conn.connect()
         except (rex.RedisError, OSError) as exc:  # AUTH/HELLO failures surface here too
@@ -240,49 +298,151 @@ class Link:
         """Reconnect, rather than fail, when the server closed this idle connection (it was
         restarted, or a proxy dropped us). Without this, every thread that sat out an outage
         would fail once after it ended and report the outage again."""
-        if self._conn._sock is None:
-            return
-        try:
-            self._conn.can_read(timeout=0)  # no reply is outstanding: only EOF makes it raise
-        except (rex.ConnectionError, OSError):
-            self._conn.disconnect()
+        if _closed_by_server(self._conn):
+            self._drop()
+
+    def _drop(self) -> None:
+        """Disconnect, losing the replies still due: the caller sees the connection broken."""
+        self._conn.disconnect()
+        if self._asking is not None:
+            self._asking.drop()
+
+    def _end_asking(self) -> None:
+        if self._asking is not None:
+            self._asking.drop()
+            self._asking = None
 
     def read(self, count: int) -> List[Any]:
-        replies: List[Any] = []
-        bounded = self._stop_at is not None or self._bound_at is not None
-        wrong_server = False
+        """The replies of the next `count` commands sent, in order: error replies come back as
+        exception values (translated) in their place, a broken connection raises."""
         try:
-            for _ in range(count):
-                if bounded:
-                    self._cut_to_deadline()
-                try:
-                    replies.append(self._conn.read_response())
-                except rex.ResponseError as exc:
-                    wrong_server = wrong_server or isinstance(exc, _WRONG_SERVER)
-                    replies.append(translate(exc))
+            asking = self._asking
+            raw = self._read_raw(self._conn, count) if asking is None else self._read_asked(asking, count)
         except (rex.RedisError, OSError) as exc:
-            self._conn.disconnect()
+            self._drop()
             raise translate(exc) from None
         except BaseException:
             # Anything else (a reply that does not decode) leaves the rest of the reply unread:
             # the next command would read it as its own answer.
-            self._conn.disconnect()
+            self._drop()
             raise
-        if wrong_server:
-            self._conn.disconnect()  # every reply is read: the next connect looks again
+        replies = self._judge(raw)
         self.ok_at = self._sent_at
         return replies
 
+    def _read_raw(self, conn: Any, count: int) -> List[Any]:
+        """`count` replies from `conn`, error replies as redis-py's exceptions in their place."""
+        replies: List[Any] = []
+        bounded = self._stop_at is not None or self._bound_at is not None
+        for _ in range(count):
+            if bounded:
+                self._cut_to_deadline()
+            try:
+                replies.append(conn.read_response())
+            except rex.ResponseError as exc:
+                replies.append(exc)
+        return replies
+
+    def _judge(self, replies: List[Any]) -> List[Any]:
+        """Translate the error replies in place. Every reply is read, so the connection can go
+        after one saying it is on the wrong server (MOVED, READONLY): the next connect looks
+        again. It goes after a first ASK too: the commands sent before it were not kept, so the
+        unanswered ones could not be sent again; the next connection keeps them (`_Asking`).
+        The refused command was not run: its refusal, translated (`RedisUnavailable`), fails
+        the caller's step (and a read queued behind it fails with the connection), and the step
+        tried again after the loop's shortest backoff finds the link following the migration.
+        That costs each link a step or two per migration; keeping the commands of every cluster
+        link all the time would cost every write a `_split`."""
+        wrong_server = False
+        target: Optional[Tuple[str, int]] = None
+        for n, reply in enumerate(replies):
+            if isinstance(reply, rex.ResponseError):
+                wrong_server = wrong_server or isinstance(reply, _WRONG_SERVER)
+                target = _asked_to(reply) or target
+                replies[n] = translate(reply)
+        if wrong_server:
+            self._drop()
+            self._end_asking()
+        elif target is not None and self._asking is None and self._follow is not None:
+            self._drop()
+            self._asking = _Asking(self._follow, _address(self._conn), target)
+        return replies
+
+    def _read_asked(self, asking: _Asking, count: int) -> List[Any]:
+        """`_read_raw` while the slot migrates: the commands the link's node refused with ASK
+        are sent again to the importing node (`_ask_again`), and the replies read there take
+        the refusals' places. A transaction is sent again whole if any command in it was
+        refused (the node then aborted it: EXECABORT), so its replies are read together."""
+        replies = [asking.ahead.popleft() for _ in range(min(count, len(asking.ahead)))]
+        due = count - len(replies)
+        if not due:
+            return replies
+        raw = self._read_raw(self._conn, _through_transactions(asking.sent, due))
+        commands = [asking.sent.popleft() for _ in raw]
+        refused: List[int] = []
+        block: List[int] = []  # the transaction being read, as positions in `raw`
+        queued = False
+        for n, command in enumerate(commands):
+            target = _asked_to(raw[n])
+            asking.target = target or asking.target
+            if queued or _name(command) == "MULTI":
+                block.append(n)
+                queued = _queued_after(command, queued)
+                if not queued:
+                    if any(_asked_to(raw[i]) for i in block):
+                        refused += block
+                    block = []
+            elif target is not None:
+                refused.append(n)
+        if refused:
+            self._ask_again(asking, raw, [commands[n] for n in refused], refused)
+        asking.ahead.extend(raw[due:])
+        return replies + raw[:due]
+
+    def _ask_again(self, asking: _Asking, raw: List[Any], commands: List[Command],
+                   places: List[int]) -> None:
+        """Send `commands` to the importing node in one write, in the order they were sent, and
+        put each reply in `raw` at its place. ASKING goes before each command: it lets the next
+        command in, one only (and is a plain +OK on a node that owns the slot). A transaction
+        gets one, before its MULTI: the node keeps it until EXEC, and an ASKING inside would be
+        queued and answered in EXEC's reply. The replies to ASKING are read and dropped."""
+        conn = asking.conn
+        if conn is not None and _address(conn) != asking.target:
+            conn.disconnect()
+            conn = None
+        if conn is None:
+            conn = asking.conn = asking.follow.asked(*asking.target)
+            self._cut_to_deadline()
+        elif _closed_by_server(conn):
+            conn.disconnect()
+        if conn._sock is None:
+            self._connect(conn)
+        out: List[Command] = []
+        into: List[Optional[int]] = []  # where each reply goes in `raw`; None: dropped
+        queued = False
+        for place, command in zip(places, commands):
+            if not queued:
+                out.append(_ASKING)
+                into.append(None)
+            out.append(command)
+            into.append(place)
+            queued = _queued_after(command, queued)
+        conn.send_packed_command(conn.pack_commands(out), check_health=False)
+        for at, reply in zip(into, self._read_raw(conn, len(out))):
+            if at is not None:
+                raw[at] = reply
+
     def abort(self) -> None:
-        """Wake a thread blocked on this link (from another thread): shut the socket down.
+        """Wake a thread blocked on this link (from another thread): shut its sockets down.
         The link sends nothing afterwards; it is only closed."""
         self._aborted = True
-        sock: Optional[socket.socket] = getattr(self._conn, "_sock", None)
-        if sock is not None:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+        for conn in self._connections():
+            sock: Optional[socket.socket] = getattr(conn, "_sock", None)
+            if sock is not None:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
 
     def limit(self, deadline: float) -> None:
         """No wait on this link (connect, write, read) outlasts `deadline` (monotonic) from
@@ -308,7 +468,8 @@ class Link:
         finally:
             self._bound_at = outer
             if outer is None and self._stop_at is None:
-                _set_timeouts(self._conn, *self._timeouts)
+                for conn in self._connections():
+                    _set_timeouts(conn, *self._timeouts)
             else:
                 self._cut_to_deadline()
 
@@ -322,11 +483,76 @@ class Link:
         if left is None:
             return
         read_s, connect_s = self._timeouts
-        _set_timeouts(self._conn, left if read_s is None else min(read_s, left),
-                      left if connect_s is None else min(connect_s, left))
+        for conn in self._connections():
+            _set_timeouts(conn, left if read_s is None else min(read_s, left),
+                          left if connect_s is None else min(connect_s, left))
+
+    def _connections(self) -> List[Any]:
+        """The link's own connection, and the one to an importing node while the slot migrates.
+        `abort` calls it from another thread: `_asking` is read once."""
+        asking = self._asking
+        asked = asking.conn if asking is not None else None
+        return [self._conn] if asked is None else [self._conn, asked]
 
     def close(self) -> None:
         self._conn.disconnect()
+        self._end_asking()
+
+
+def _asked_to(reply: Any) -> Optional[Tuple[str, int]]:
+    """The node an ASK reply sends its command to, as (host, port); None for any other reply
+    (redis-py's MovedError is an AskError: a MOVED reply is no ASK)."""
+    if isinstance(reply, rex.AskError) and not isinstance(reply, rex.MovedError):
+        return reply.host, reply.port
+    return None
+
+
+def _address(conn: Any) -> Tuple[Any, Any]:
+    return getattr(conn, "host", None), getattr(conn, "port", None)
+
+
+def _closed_by_server(conn: Any) -> bool:
+    """Whether an open connection with no reply due was closed by its server."""
+    if conn._sock is None:
+        return False
+    try:
+        conn.can_read(timeout=0)  # no reply is outstanding: only EOF makes it raise
+    except (rex.ConnectionError, OSError):
+        return True
+    return False
+
+
+def _split(payload: bytes) -> List[Command]:
+    """The commands packed in `payload` (RESP arrays), each as its list of arguments."""
+    reader = hiredis.Reader()
+    reader.feed(payload)
+    commands: List[Command] = []
+    while (command := reader.gets()) is not False:
+        commands.append(command)
+    return commands
+
+
+def _name(command: Command) -> str:
+    name = command[0]
+    return (name.decode("ascii", "replace") if isinstance(name, bytes) else str(name)).upper()
+
+
+def _queued_after(command: Command, queued: bool) -> bool:
+    """Whether the command after `command` is queued in a transaction (after MULTI, to EXEC),
+    given whether `command` was."""
+    name = _name(command)
+    return name == "MULTI" or (queued and name not in _ENDS)
+
+
+def _through_transactions(commands: Iterable[Command], count: int) -> int:
+    """`count`, or more to take in the rest of a transaction that the first `count` of
+    `commands` end inside."""
+    queued = False
+    for n, command in enumerate(commands, 1):
+        queued = _queued_after(command, queued)
+        if n >= count and not queued:
+            return n
+    return count
 
 
 def _set_timeouts(conn: Any, read_s: Timeout, connect_s: Timeout) -> None:

@@ -1,7 +1,8 @@
 """What the tests of a moving server (resharding, replica takeover) measure: a writer that keeps
 adding entries through the user's client, a handler that records every call, and the three
 numbers the README quotes: entries lost by asynchronous replication, entries handled twice, and
-the time from a fault to the first entry handled after it.
+the time from a fault to the first entry handled after it. `SlotMigration` moves a slot step by
+step, so that a test can hold it half-migrated.
 """
 from __future__ import annotations
 
@@ -12,10 +13,48 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 import rstream
+from clusterkit import ReplicatedCluster
+from helpers import wait_until
+from rstream.embedded import EmbeddedServer
 
 # An entry handled this long after a kill was read after it: a read already in flight when the
 # server died is handled within milliseconds (the handler does nothing).
 IN_FLIGHT_GRACE_S = 0.1
+
+
+class SlotMigration:
+    """The steps of `ReplicatedCluster.move_slot` one at a time, so that a test can leave the slot
+    between them: `begin` (IMPORTING on the target, MIGRATING on the source), `migrate` (some keys
+    moved: the source now answers ASK for them), `finish` (every key left, then NODE on every
+    master). Keys are moved without REPLACE: a key the target created while it was still on the
+    source (a command served there before its key was moved) fails the move with BUSYKEY."""
+
+    def __init__(self, cluster: ReplicatedCluster, slot: int, target: EmbeddedServer) -> None:
+        self.cluster = cluster
+        self.slot = slot
+        self.source = cluster.owner(slot)
+        self.target = target
+        self._source_id, self._target_id = cluster.node_id(self.source), cluster.node_id(target)
+
+    def begin(self) -> None:
+        with self.cluster.direct(self.target) as dst, self.cluster.direct(self.source) as src:
+            dst.execute_command("CLUSTER", "SETSLOT", self.slot, "IMPORTING", self._source_id)
+            src.execute_command("CLUSTER", "SETSLOT", self.slot, "MIGRATING", self._target_id)
+
+    def migrate(self, *keys: str) -> None:
+        with self.cluster.direct(self.source) as src:
+            src.execute_command("MIGRATE", "127.0.0.1", self.target.port, "", 0, 5000, "KEYS", *keys)
+
+    def finish(self) -> None:
+        with self.cluster.direct(self.source) as src:
+            while keys := src.execute_command("CLUSTER", "GETKEYSINSLOT", self.slot, 100):
+                self.migrate(*(key.decode() for key in keys))
+        for master in [self.target, self.source] + [m for m in self.cluster.masters()
+                                                    if m not in (self.source, self.target)]:
+            with self.cluster.direct(master) as client:
+                client.execute_command("CLUSTER", "SETSLOT", self.slot, "NODE", self._target_id)
+        wait_until(lambda: self.cluster.owner(self.slot) is self.target, 10,
+                   message=f"slot {self.slot} did not move")
 
 
 class Writer:
