@@ -371,3 +371,19 @@ def test_streams_on_different_cluster_nodes() -> None:
         assert [(s["stream"], s["length"], s["groups"][0]["lag"]) for s in reports] == \
             [(stream, n + 1, n + 1) for n, stream in enumerate(streams)]
         assert reports[0]["dead_letter_length"] == 2
+
+
+def test_read_only_acl_user_is_enough(r: redis.Redis, redis_server: EmbeddedServer) -> None:
+    """The minimal ACL the README gives for `rstream info` (read-only commands, the stream and
+    dead-letter keys only) lets describe_stream do everything it does."""
+    add_entries(r, "orders", 3)
+    r.xgroup_create("orders", "billing", id="0")
+    r.xreadgroup("billing", "billing-1", {"orders": ">"}, count=1)
+    r.execute_command("ACL", "SETUSER", "orders-info", "on", ">CHANGE-ME", "resetkeys", "~orders",
+                      "~orders:dlq", "resetchannels", "-@all", "+type", "+xinfo|stream",
+                      "+xinfo|groups", "+xinfo|consumers", "+xpending", "+xlen", "+time")
+    url = f"redis://orders-info:CHANGE-ME@127.0.0.1:{redis_server.port}/0"
+    report = describe_stream(url, "orders", dead_letter_stream="orders:dlq")
+    assert report["groups"][0]["pending"] == 1 and report["dead_letter_length"] == 0
+    with pytest.raises(rstream.PermissionDenied):
+        describe_stream(url, "elsewhere")
