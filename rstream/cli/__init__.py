@@ -17,10 +17,10 @@ import redis
 
 from .. import __version__
 from ..errors import RStreamError
-from . import demo
+from . import demo, info
 from .common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, Parser, UsageError, apply_environment
 
-COMMANDS = (demo,)
+COMMANDS = (demo, info)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
