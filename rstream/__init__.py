@@ -17,13 +17,15 @@ from .errors import (AuthenticationFailed, ConfigError, FatalRedisError, GroupMi
                      PermissionDenied, RedisOutOfMemory, RedisUnavailable, RStreamError,
                      ServerError, StreamMissing, TLSConfigError, TransientError, WrongType)
 from .events import Event
+from .inspection import describe_stream, describe_streams
 from .message import Message
 from .producer import Producer
 from .stats import Stats
 
 __version__ = "0.1.0"
 
-__all__ = ["Consumer", "Producer", "Message", "Stats", "Event", "RStreamError", "ConfigError", "TLSConfigError",
-           "TransientError", "RedisUnavailable", "RedisOutOfMemory", "GroupMissing", "StreamMissing",
-           "FatalRedisError", "AuthenticationFailed", "PermissionDenied", "WrongType", "ServerError",
-           "__version__"]
+__all__ = ["Consumer", "Producer", "Message", "Stats", "Event", "describe_stream",
+           "describe_streams", "RStreamError", "ConfigError", "TLSConfigError", "TransientError",
+           "RedisUnavailable", "RedisOutOfMemory", "GroupMissing", "StreamMissing",
+           "FatalRedisError", "AuthenticationFailed", "PermissionDenied", "WrongType",
+           "ServerError", "__version__"]

@@ -50,7 +50,10 @@ def client_from_option(value: Any) -> Any:
         if not value.startswith(_URL_SCHEMES):
             raise ConfigError("redis must be a URL starting with redis://, rediss://, unix://, "
                               f"redis+cluster:// or redis+sentinel://, got {redact(value)!r}")
-        return redis.Redis.from_url(value)
+        try:
+            return redis.Redis.from_url(value)
+        except ValueError as exc:  # redis-py's own checks: a port that is not a number...
+            raise ConfigError(f"bad redis URL {redact(value)!r}: {exc}") from None
     if isinstance(value, dict):
         try:
             return redis.Redis(**value)

@@ -48,9 +48,15 @@ def parse_pending(reply: Sequence[Any]) -> List[PendingEntry]:
     return [PendingEntry(_text(e[0]), _text(e[1]), int(e[2]), int(e[3])) for e in reply or ()]
 
 
+def is_dead(idle_ms: int, dead_after_ms: int) -> bool:
+    """The heartbeat rule: a consumer idle (by the server's clock) longer than
+    `heartbeat_interval * allowed_missed_heartbeats` is dead."""
+    return idle_ms > dead_after_ms
+
+
 def dead_consumers(consumers: Sequence[ConsumerInfo], me: str, dead_after_ms: int) -> List[ConsumerInfo]:
     """Every other consumer idle longer than `dead_after_ms`, most pending first."""
-    dead = [c for c in consumers if c.name != me and c.idle_ms > dead_after_ms]
+    dead = [c for c in consumers if c.name != me and is_dead(c.idle_ms, dead_after_ms)]
     return sorted(dead, key=lambda c: -c.pending)
 
 

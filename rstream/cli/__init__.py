@@ -3,6 +3,7 @@ its parser and sets ``run`` to a function ``(args, argv) -> exit code``:
 
 - `rstream consume` (`consume`, `processes`): run a handler as a consumer, or N supervised
   consumer processes;
+- `rstream info` (`info`): streams, their consumer groups and consumers, as a table or JSON;
 - `rstream publish` (`publish`): add one entry per JSON object line on stdin to a stream;
 - `rstream demo` (`demo`): publish entries and drain them, printing the throughput;
 - `rstream bench` (`bench`): run the benchmark harness of a source checkout.
@@ -21,10 +22,10 @@ import redis
 
 from .. import __version__
 from ..errors import RStreamError
-from . import bench, consume, demo, publish
+from . import bench, consume, demo, info, publish
 from .common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, Parser, UsageError, apply_environment
 
-COMMANDS = (consume, publish, demo, bench)
+COMMANDS = (consume, info, publish, demo, bench)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -32,7 +33,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     try:
-        args = parser.parse_args(args_list)
+        args, unknown = parser.parse_known_args(args_list)
+        if unknown:  # named by the subcommand's parser: "rstream info: error: ..."
+            parser_of(parser, args.command).error(f"unrecognized arguments: {' '.join(unknown)}")
     except SystemExit as exc:  # --help, --version, or a usage error already printed
         return int(exc.code or 0)
     if args.command is None:
@@ -51,6 +54,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print("rstream: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+def parser_of(parser: argparse.ArgumentParser, command: Optional[str]) -> argparse.ArgumentParser:
+    """The subcommand's own parser (the top-level one without a subcommand)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and command in action.choices:
+            sub: argparse.ArgumentParser = action.choices[command]
+            return sub
+    return parser
 
 
 def build_parser() -> argparse.ArgumentParser:
