@@ -30,7 +30,7 @@ from ._hotpath import IMPLEMENTATION
 from .lane import Lane, Stops, wait_all_idle
 from .options import DEFAULT_BATCH_SIZE, DEFAULT_CONCURRENCY, Options
 from .redisio import StreamOps
-from .stats import Counters, Stats
+from .stats import Counters, Stats, snapshot
 from .supervise import Health, Loop
 
 log = logging.getLogger("rstream")
@@ -89,8 +89,7 @@ class Consumer:
         self._lanes: List[Lane] = []
         for name in o.streams:
             check_same_slot(client, name, o.dead_letter_stream)
-            lane = Lane(o.for_stream(name), ConnectionFactory(client, name), self._counters,
-                        self._events)
+            lane = Lane(o.for_stream(name), ConnectionFactory(client, name), self._events)
             lane.check_fence_slot(client)
             self._lanes.append(lane)
         self._lifecycle = threading.Lock()
@@ -184,11 +183,21 @@ class Consumer:
             self._state = "stopped"
             self._stopped.set()
 
-    def stats(self) -> Stats:
+    def stats(self, stream: Optional[str] = None) -> Stats:
+        """Counters since start, and the group's backlog as last sampled (`Stats`); of one of
+        the streams when `stream` names it, else summed over all of them."""
         self._refuse_if_forked()
-        return self._counters.snapshot(in_flight=self._in_flight(),
-                                       waiting_retries=sum(lane.settlements.waiting_retries
-                                                           for lane in self._built_lanes()))
+        lanes = self._lanes
+        if stream is not None:
+            lanes = [lane for lane in lanes if lane.options.stream == stream]
+            if not lanes:
+                raise ConfigError(f"stats(stream={stream!r}): not a stream of this consumer "
+                                  f"({', '.join(map(repr, self.options.streams))})")
+        built = lanes if self._built_lanes() else []
+        return snapshot([self._counters, *(lane.counters for lane in lanes)],
+                        in_flight=sum(lane.ledger.in_flight for lane in built),
+                        waiting_retries=sum(lane.settlements.waiting_retries for lane in built),
+                        backlogs=[lane.backlog.get() for lane in lanes])
 
     @property
     def state(self) -> State:
@@ -247,7 +256,7 @@ class Consumer:
             where = lane.factory.describe()
             if where not in health:
                 health[where] = Health(self._counters, where, self._events)
-            lane.build(pool, self._counters, health[where], stops, self._ops, self._on_fatal)
+            lane.build(pool, health[where], stops, self._ops, self._on_fatal)
         self._health = health
         self._pool = pool
         self._loops = [loop for lane in self._lanes for loop in lane.loops]

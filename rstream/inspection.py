@@ -44,6 +44,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Type,
 from . import _hotpath as hot
 from .connection import ConnectionFactory, Link, client_from_option
 from .errors import ConfigError, GroupMissing, RStreamError, StreamMissing, WrongType
+from .stats import Backlog
 from .failover import is_dead, parse_consumers
 from .options import Options
 
@@ -172,6 +173,14 @@ def oldest_pending_age_ms(pending_reply: Sequence[Any], now_ms: int) -> Optional
         return None
     added_ms, _ = hot.parse_id(pending_reply[1])
     return max(0, now_ms - added_ms)
+
+
+def backlog_of(stream: str, group: str, stream_info: Any, groups: Any, pending: Any,
+               time_reply: Sequence[Any]) -> Backlog:
+    """One group's `Backlog` from XINFO STREAM, XINFO GROUPS, XPENDING and TIME replies."""
+    [found] = select_groups(stream, groups, group)
+    return Backlog(pending=int(pending[0]), lag=group_lag(found, _pairs(stream_info)),
+                   oldest_pending_age_ms=oldest_pending_age_ms(pending, server_time_ms(time_reply)))
 
 
 def _group_report(group: Mapping[str, Any], info: Mapping[str, Any], replies: StreamReplies,

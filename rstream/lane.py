@@ -35,7 +35,7 @@ from .reaper import Reaper
 from .reader import Reader
 from .redisio import StreamOps, fence_key
 from .settlements import Settlements
-from .stats import Counters
+from .stats import BacklogSample, Counters
 from .supervise import Health, Loop
 
 log = logging.getLogger("rstream")
@@ -57,13 +57,14 @@ class Stops:
 class Lane:
     """The parts of one consumer that work on one stream (see the module docstring)."""
 
-    def __init__(self, options: Options, factory: ConnectionFactory, counters: Counters,
-                 events: Events) -> None:
+    def __init__(self, options: Options, factory: ConnectionFactory, events: Events) -> None:
         self.options = options
         self.factory = factory
         self.events = events
+        self.counters = Counters()        # this stream's; the consumer's stats() sums them
+        self.backlog = BacklogSample()    # its group on the server, as the reaper last saw it
         self.position = Position()
-        self.group = GroupKeeper(options, counters, self.position, events)
+        self.group = GroupKeeper(options, self.counters, self.position, events)
         self.fence = NameFence(fence_key(options.stream, options.group, options.consumer_name),
                                options)
         self.loops: List[Loop] = []
@@ -75,12 +76,12 @@ class Lane:
             raise ConfigError(f"stream {self.options.stream!r} has braces that are not a Redis "
                               "Cluster hash tag; give it one, e.g. '{orders}'")
 
-    def build(self, pool: WorkerPool, counters: Counters, health: Health, stops: Stops,
-              make_ops: MakeOps, on_fatal: Callable[[FatalRedisError], None]) -> None:
+    def build(self, pool: WorkerPool, health: Health, stops: Stops, make_ops: MakeOps,
+              on_fatal: Callable[[FatalRedisError], None]) -> None:
         """Make this stream's data and threads (not started). Data flows one way: reads ->
         intake -> pool -> outcomes -> settlements -> reader (acks riding on reads), acker (the
         rest) and reaper (due retries). No object calls back into the thread that feeds it."""
-        o = self.options
+        o, counters = self.options, self.counters
         self.ledger = Ledger(o.in_flight_limit)
         self.settlements = Settlements(self.ledger, counters)
         outcomes = Outcomes(o, self.settlements, self.ledger, counters, self.events)
@@ -93,7 +94,7 @@ class Lane:
                              self.ledger, self.settlements, self.intake, self.position, stops.intake)
         self.reaper = Reaper(make_ops(self, "reaper", IO_TIMEOUT_S, 65536), o, self.ledger,
                              self.intake, self.settlements, stops.intake, self.reader.replay_done,
-                             self.events)
+                             self.events, self.backlog)
         self.heartbeat = Heartbeat(make_ops(self, "heartbeat", IO_TIMEOUT_S, 65536), o, self.fence,
                                    self.events)
 

@@ -27,6 +27,7 @@ from .ledger import Ledger
 from .options import Options
 from .redisio import StreamOps
 from .settlements import Settlements, mono_ms
+from .stats import BacklogSample
 
 log = logging.getLogger("rstream")
 
@@ -39,7 +40,7 @@ RETRY_IDLE_MARGIN_MS = 50
 class Reaper:
     def __init__(self, ops: StreamOps, options: Options, ledger: Ledger, intake: Intake,
                  settlements: Settlements, stop: threading.Event,
-                 replay_done: threading.Event, events: Events) -> None:
+                 replay_done: threading.Event, events: Events, backlog: BacklogSample) -> None:
         self.ops = ops
         self._o = options
         self._ledger = ledger
@@ -48,6 +49,8 @@ class Reaper:
         self._stop = stop
         self._replay_done = replay_done
         self._events = events
+        self._backlog = backlog
+        self._backlog_refused = False
         self._look_at = 0.0     # monotonic: when to look at XINFO CONSUMERS next
         self._judge_after = 0.0  # monotonic: no dead verdicts before it (after a stall)
 
@@ -61,8 +64,16 @@ class Reaper:
     def _look(self) -> None:
         dead_after = self._o.dead_after_ms
         observed_at = time.monotonic()
-        consumers = self.ops.consumers()
+        consumers, backlog = self.ops.look()
         now = time.monotonic()
+        if backlog is not None:
+            self._backlog.set(backlog)
+        elif not self._backlog_refused:
+            self._backlog_refused = True
+            log.warning("rstream: the ACL user may not run XINFO STREAM, XINFO GROUPS, XPENDING "
+                        "or TIME on %r, so stats() has no pending, lag or oldest pending age "
+                        "(see the README's minimal ACL); consuming and failover are unaffected",
+                        self._o.stream)
         if verdicts_stale(consumers, self._o.consumer_name, self._o.heartbeat_interval,
                           (now - observed_at) * 1000):
             # This consumer's own beats did not land, or the look took longer than a beat: the

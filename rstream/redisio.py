@@ -21,7 +21,9 @@ the scripts are in `rstream.scripts`, with the commands each calls:
 - ``XREADGROUP GROUP G ME COUNT 1 STREAMS S 18446744073709551615-0`` with
   ``EVAL <fence> 1 F <token> <ttl> <held>`` — the heartbeat (returns nothing, resets ME's idle in
   XINFO CONSUMERS) and the name check (``GET``, ``SET F token PX ttl``), in one round trip.
-- ``XINFO CONSUMERS S G`` — liveness of the other consumers (reaper).
+- ``XINFO CONSUMERS S G`` — liveness of the other consumers (reaper), with ``XINFO STREAM S``,
+  ``XINFO GROUPS S``, ``XPENDING S G`` and ``TIME`` in the same round trip: the backlog
+  `stats()` reports (pending, lag, age of the oldest pending entry; optional for the ACL).
 - ``XPENDING S G IDLE ms <start> + n <consumer>`` — a dead consumer's entries, or this consumer's strays.
 - ``EVAL <claim-from-dead> 1 S G <dead> <dead-after> ME <min-idle> id...`` — ``XCLAIM`` only while
   the owner still looks dead (``XINFO CONSUMERS``).
@@ -46,7 +48,9 @@ from .errors import FatalRedisError, GroupMissing, PermissionDenied, RStreamErro
 from .failover import ConsumerInfo, PendingEntry, parse_consumers, parse_pending
 from .message import Message
 from .options import Options
+from .inspection import backlog_of
 from .settle import SettleBatch, SettleResult, dead_letter_fields
+from .stats import Backlog
 
 MIN_SERVER_VERSION = (6, 2)
 # A history read past every possible id: returns nothing, but counts as an interaction. Not
@@ -277,8 +281,17 @@ class StreamOps:
             _raise_if_error(reply)
         return int(_raise_if_error(replies[0])) == 1
 
-    def consumers(self) -> List[ConsumerInfo]:
-        return parse_consumers(self.link.call("XINFO", "CONSUMERS", self.o.stream, self.o.group))
+    def look(self) -> Tuple[List[ConsumerInfo], Optional[Backlog]]:
+        """The group's consumers (for failover) and its backlog (for stats), in one round
+        trip; no backlog when the ACL refuses what it needs (failover does not need it)."""
+        s, g = self.o.stream, self.o.group
+        replies = self.link.pipeline([("XINFO", "CONSUMERS", s, g), ("XINFO", "STREAM", s),
+                                      ("XINFO", "GROUPS", s), ("XPENDING", s, g), ("TIME",)])
+        consumers = parse_consumers(_raise_if_error(replies[0]))
+        if any(isinstance(r, PermissionDenied) for r in replies[1:]):
+            return consumers, None
+        info, groups, pending, now = [_raise_if_error(r) for r in replies[1:]]
+        return consumers, backlog_of(s, g, info, groups, pending, now)
 
     def pending_of(self, consumer: str, start: str, count: int, min_idle_ms: int) -> List[PendingEntry]:
         reply = self.link.call("XPENDING", self.o.stream, self.o.group, "IDLE", min_idle_ms,

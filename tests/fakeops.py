@@ -33,6 +33,7 @@ from rstream.ledger import Ledger
 from rstream.options import Options
 from rstream.redisio import EMPTY_PLAN, GroupState, Read, SettlePlan, SettleResult, StreamOps
 from rstream.settle import SettleBatch
+from rstream.stats import Backlog
 
 # Longest any wait in the fake may take (a hold never released, a BLOCK read with no end).
 DEADLINE_S = 5.0
@@ -437,12 +438,13 @@ class FakeStreamOps(StreamOps):
         self.heartbeat()
         return 1
 
-    def consumers(self) -> List[ConsumerInfo]:
+    def look(self) -> Tuple[List[ConsumerInfo], Optional[Backlog]]:
         r = self.redis
         r.enter(self.link, "consumers")
         with r.cond:
-            return [ConsumerInfo(name, sum(p.consumer == name for p in r.pel.values()),
-                                 r.idle_ms(at)) for name, at in r.seen.items()]
+            consumers = [ConsumerInfo(name, sum(p.consumer == name for p in r.pel.values()),
+                                      r.idle_ms(at)) for name, at in r.seen.items()]
+            return consumers, Backlog(pending=len(r.pel), lag=None, oldest_pending_age_ms=None)
 
     def pending_of(self, consumer: str, start: str, count: int, min_idle_ms: int) -> List[PendingEntry]:
         r = self.redis

@@ -22,7 +22,7 @@ PASSWORD = "s3cret-Pa55word-xyzzy"
 USER = "rstream-app"
 # The commands rstream needs (README, A minimal ACL user). XADD only for the dead-letter stream, XDEL
 # only with delete_on_ack; INFO and CLIENT|SETINFO are optional (see OPTIONAL_DENIED).
-MINIMAL_COMMANDS = ("-@all +xreadgroup +xack +xpending +xclaim +xinfo|consumers +xinfo|groups "
+MINIMAL_COMMANDS = ("-@all +xreadgroup +xack +xpending +xclaim +xinfo|consumers +xinfo|groups +xinfo|stream +time "
                     "+xgroup|create +xgroup|delconsumer +xadd +xdel +xrange +type +multi +exec "
                     "+eval")
 # The consumer-name fence key (a string): GET and SET, scoped to the fence keys by an ACL
