@@ -1,7 +1,7 @@
 """Dead letters: list what a Consumer moved to its dead-letter stream, and replay entries back to
 the stream they came from, each one atomically (never in both streams, never in neither).
 
-A dead letter (written by `scripts.DEAD_LETTER`, built in `redisio.StreamOps.plan`) is the
+A dead letter (built by `settle.dead_letter_fields`, written by `scripts.DEAD_LETTER`) is the
 original entry's fields followed by six pairs, always last and in this order: ``rstream-stream``
 (the source stream), ``rstream-id``, ``rstream-group``, ``rstream-consumer``,
 ``rstream-attempt``, ``rstream-error``. Only those six are rstream's: an original field named

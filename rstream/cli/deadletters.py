@@ -26,7 +26,7 @@ from ..clients import client_from_option, redact
 from ..deadletters import DeadLetter, Replay
 from ..errors import ConfigError, RedisUnavailable, RStreamError
 from ..faults import translate
-from .common import EXIT_OK, UsageError, positive_int
+from .common import EXIT_OK, Append, UsageError, positive_int
 
 ERROR_WIDTH = 60  # characters of the error column in the table
 
@@ -56,7 +56,7 @@ def register(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") ->
                              "past the newest present when it starts); (ID leaves ID out")
     parser.add_argument("--count", type=positive_int, metavar="N", help="at most N entries")
     parser.add_argument("--source", metavar="S", help="only dead letters from stream S")
-    parser.add_argument("--id", dest="ids", action="append", type=_entry_id, metavar="ID",
+    parser.add_argument("--id", dest="ids", action=Append, type=_entry_id, metavar="ID",
                         help="replay: this dead-letter id (repeat for more); not with "
                              "--start/--end/--count")
     parser.add_argument("--json", action="store_true", help="print one JSON object per line")
