@@ -4,6 +4,7 @@ its parser and sets ``run`` to a function ``(args, argv) -> exit code``:
 - `rstream consume` (`consume`, `processes`): run a handler as a consumer, or N supervised
   consumer processes;
 - `rstream publish` (`publish`): add one entry per JSON object line on stdin to a stream;
+- `rstream dead-letters` (`deadletters`): list dead letters, and replay them to their source streams;
 - `rstream demo` (`demo`): publish entries and drain them, printing the throughput;
 - `rstream bench` (`bench`): run the benchmark harness of a source checkout.
 
@@ -21,10 +22,10 @@ import redis
 
 from .. import __version__
 from ..errors import RStreamError
-from . import bench, consume, demo, publish
+from . import bench, consume, deadletters, demo, publish
 from .common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, Parser, UsageError, apply_environment
 
-COMMANDS = (consume, publish, demo, bench)
+COMMANDS = (consume, publish, deadletters, demo, bench)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
