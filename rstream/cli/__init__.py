@@ -5,6 +5,7 @@ its parser and sets ``run`` to a function ``(args, argv) -> exit code``:
   consumer processes;
 - `rstream info` (`info`): streams, their consumer groups and consumers, as a table or JSON;
 - `rstream publish` (`publish`): add one entry per JSON object line on stdin to a stream;
+- `rstream dead-letters` (`deadletters`): list dead letters, and replay them to their source streams;
 - `rstream demo` (`demo`): publish entries and drain them, printing the throughput;
 - `rstream bench` (`bench`): run the benchmark harness of a source checkout.
 
@@ -22,10 +23,10 @@ import redis
 
 from .. import __version__
 from ..errors import RStreamError
-from . import bench, consume, demo, info, publish
+from . import bench, consume, deadletters, demo, info, publish
 from .common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, Parser, UsageError, apply_environment
 
-COMMANDS = (consume, info, publish, demo, bench)
+COMMANDS = (consume, info, publish, deadletters, demo, bench)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
