@@ -10,19 +10,24 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import os
 import shutil
 import subprocess
 import tempfile
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import redis
 
+from bench.cluster import local_cluster, streams_on_every_master
 from bench.common import (BATCH, READY_MARK, REPO_ROOT, BenchError, child_command, child_env, median,
                           new_group, parse_result, prefill, run_child, server_cpu_s)
 
 IO_SLEEP_MS = 1.0
 IO_CONCURRENCY = 64
 SLOW_STATS_MS = 100.0  # stats().acked trailing the server's acks by more than this is worth a note
+STREAMS = 3                # case 6: streams the backlog is split over
+CLUSTER_MASTERS = 3        # case 7: masters of the local cluster
+CLUSTER_STREAMS_PER_MASTER = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,12 +40,17 @@ class Sizes:
     repeat: int                # runs of each fast variant (median reported)
     c_client_requests: int     # redis-benchmark -n
     decode_seconds: float      # case 0 time budget per module
+    streams: int               # case 6 entries in all, split over STREAMS streams
+    cluster: int               # case 7 entries in all, split over the cluster's streams
+    streams_repeat: int        # rounds of cases 6 and 7: short runs, ratios within ~10%, noisy machine
 
 
 FULL = Sizes(drain=200_000, io=20_000, latency_seconds=10.0, latency_rate=5000,
-             memory=(100_000, 1_000_000), repeat=3, c_client_requests=2000, decode_seconds=1.0)
+             memory=(100_000, 1_000_000), repeat=3, c_client_requests=2000, decode_seconds=1.0,
+             streams=200_000, cluster=200_000, streams_repeat=7)
 QUICK = Sizes(drain=20_000, io=4_000, latency_seconds=2.0, latency_rate=5000,
-              memory=(10_000, 100_000), repeat=1, c_client_requests=400, decode_seconds=0.3)
+              memory=(10_000, 100_000), repeat=1, c_client_requests=400, decode_seconds=0.3,
+              streams=20_000, cluster=20_000, streams_repeat=1)
 
 # (label, bench.drain variant, extra environment). "0" is not "1": the selector loads the extension.
 DRAIN_VARIANTS: List[Tuple[str, str, Dict[str, str]]] = [
@@ -70,17 +80,36 @@ class Context:
 
     def group(self, stream: str, label: str) -> str:
         """A new group at id 0 on `stream`: a fresh copy of its entries to drain."""
+        return self.group_on(self.client, [stream], label)
+
+    def group_on(self, client: Any, streams: Sequence[str], label: str) -> str:
+        """A new group, of one name, at id 0 on each of `streams` (through `client`, which may
+        be a RedisCluster)."""
         self._groups += 1
         name = f"{label.replace(' ', '-')}-{self._groups}"
-        new_group(self.client, stream, name)
+        for stream in streams:
+            new_group(client, stream, name)
         return name
 
 
 def drain(ctx: Context, stream: str, count: int, variant: str, env: Dict[str, str],
           label: str, sleep_ms: float = 0.0, concurrency: int = 8) -> Dict[str, Any]:
     """One child that drains `count` entries of `stream` through a new group."""
-    args = [variant, "--url", ctx.url, "--stream", stream, "--group", ctx.group(stream, label),
-            "--count", str(count), "--sleep-ms", str(sleep_ms), "--concurrency", str(concurrency)]
+    return drain_group(ctx, [stream], ctx.group(stream, label), count, variant, env, label,
+                       sleep_ms=sleep_ms, concurrency=concurrency)
+
+
+def drain_group(ctx: Context, streams: Sequence[str], group: str, count: int, variant: str,
+                env: Dict[str, str], label: str, sleep_ms: float = 0.0, concurrency: int = 8,
+                url: Optional[str] = None, cluster: bool = False) -> Dict[str, Any]:
+    """One child that drains `count` entries in all of `streams` through `group` (on each), on
+    the harness's server or the one at `url` (a cluster node when `cluster`)."""
+    args = [variant, "--url", url or ctx.url, "--group", group, "--count", str(count),
+            "--sleep-ms", str(sleep_ms), "--concurrency", str(concurrency)]
+    for stream in streams:
+        args += ["--stream", stream]
+    if cluster:
+        args.append("--cluster")
     budget = 60.0 + count * (sleep_ms / 1000 * 1.5 + 1e-4)  # generous: the machine is shared
     result = run_child("bench.drain", args + ["--timeout", str(budget)], timeout=budget + 30, env=env)
     print(f"    {label}: {result['rate']:,.0f} entries/s{timeline(ctx, label, result)}", flush=True)
@@ -102,8 +131,8 @@ def timeline(ctx: Context, label: str, result: Dict[str, Any]) -> str:
 
 def summarize(runs: List[Dict[str, Any]]) -> Dict[str, Any]:
     """Medians of the runs' numbers, plus the runs themselves."""
-    keys = ("rate", "seconds", "server_cpu_us_per_entry", "server_busy", "peak_rss_mb",
-            "rate_from_first_delivery", "first_delivery_s")
+    keys = ("rate", "seconds", "server_cpu_us_per_entry", "server_busy", "server_busy_max",
+            "client_cpu_us_per_entry", "peak_rss_mb", "rate_from_first_delivery", "first_delivery_s")
     summary: Dict[str, Any] = {key: median([run[key] for run in runs]) for key in keys if key in runs[0]}
     summary["runs"] = runs
     if "implementation" in runs[0]:
@@ -251,6 +280,66 @@ def case_failover(ctx: Context) -> Dict[str, Any]:
     return run_child("bench.failover_case", args, timeout=600)
 
 
+def split(total: int, parts: int) -> List[int]:
+    """`total` entries over `parts` streams, as evenly as whole entries allow."""
+    return [total // parts + (1 if n < total % parts else 0) for n in range(parts)]
+
+
+# Case 6: (key, bench.drain variant, several streams?). The keys are what report.py looks up.
+STREAMS_VARIANTS: List[Tuple[str, str, bool]] = [
+    ("rstream 1 stream", "rstream", False),
+    ("rstream 3 streams", "rstream", True),
+    ("redis-py 1 stream", "redis-py", False),
+    ("redis-py 3 streams, one read", "redis-py", True),
+]
+
+
+def case_streams(ctx: Context) -> Dict[str, Any]:
+    """6. One backlog over 3 streams, one server: rstream streams=[...] vs 1 stream vs one XREADGROUP over 3."""
+    total = ctx.sizes.streams
+    one, several = "bench:streams:one", [f"bench:streams:{n}" for n in range(STREAMS)]
+    prefill(ctx.client, one, total)
+    for stream, share in zip(several, split(total, STREAMS)):
+        prefill(ctx.client, stream, share)
+    compiled = DRAIN_VARIANTS[0][2]
+    runs: Dict[str, List[Dict[str, Any]]] = {key: [] for key, _, _ in STREAMS_VARIANTS}
+    for _ in range(ctx.sizes.streams_repeat):
+        for key, variant, spread in STREAMS_VARIANTS:
+            streams = several if spread else [one]
+            group = ctx.group_on(ctx.client, streams, key)
+            runs[key].append(drain_group(ctx, streams, group, total, variant, compiled, key))
+    ctx.client.delete(one, *several)
+    return {"entries": total, "streams": STREAMS, "variants": {key: summarize(r) for key, r in runs.items()}}
+
+
+def case_cluster(ctx: Context) -> Dict[str, Any]:
+    """7. Streams spread over a local 3-master Redis Cluster, one rstream consumer, vs them on one server."""
+    total, cores = ctx.sizes.cluster, os.cpu_count() or 1
+    if cores <= CLUSTER_MASTERS:
+        ctx.notes.append(f"case 7: the {CLUSTER_MASTERS} cluster masters and the consumer share this "
+                         f"machine's {cores} cores, so the cluster cannot add server CPU here")
+    compiled = DRAIN_VARIANTS[0][2]
+    runs: Dict[str, List[Dict[str, Any]]] = {"cluster": [], "one server": []}
+    with local_cluster(ctx.binary, CLUSTER_MASTERS) as cluster:
+        streams = streams_on_every_master(cluster, "bench:cluster:", CLUSTER_STREAMS_PER_MASTER)
+        seed = cluster.get_primaries()[0]
+        url = f"redis://{seed.host}:{seed.port}"
+        for stream, share in zip(streams, split(total, len(streams))):
+            prefill(cluster.get_node_from_key(stream).redis_connection, stream, share)
+            prefill(ctx.client, stream, share)
+        for _ in range(ctx.sizes.streams_repeat):
+            group = ctx.group_on(cluster, streams, "cluster")
+            runs["cluster"].append(drain_group(ctx, streams, group, total, "rstream", compiled,
+                                               f"rstream, RedisCluster of {CLUSTER_MASTERS} masters",
+                                               url=url, cluster=True))
+            group = ctx.group_on(ctx.client, streams, "one-server")
+            runs["one server"].append(drain_group(ctx, streams, group, total, "rstream", compiled,
+                                                  "rstream, the same streams on one server"))
+    ctx.client.delete(*streams)
+    return {"entries": total, "masters": CLUSTER_MASTERS, "streams": streams, "cores": cores,
+            "variants": {key: summarize(r) for key, r in runs.items()}}
+
+
 CASES: List[Tuple[str, Callable[[Context], Dict[str, Any]]]] = [
     ("decode", case_decode),
     ("drain", case_drain),
@@ -258,4 +347,6 @@ CASES: List[Tuple[str, Callable[[Context], Dict[str, Any]]]] = [
     ("latency", case_latency),
     ("memory", case_memory),
     ("failover", case_failover),
+    ("streams", case_streams),
+    ("cluster", case_cluster),
 ]

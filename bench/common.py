@@ -66,27 +66,40 @@ def server_cpu_scope(client: redis.Redis) -> str:
 
 
 class Window:
-    """Wall time and server CPU between open() and close() of one measured run."""
+    """Wall time, server CPU and this process's CPU (every thread) between open() and close() of
+    one measured run. `servers`: the servers whose CPU counts (default the probe's; every master
+    of a cluster), summed."""
 
-    def __init__(self, probe: redis.Redis) -> None:
+    def __init__(self, probe: Any, servers: Optional[Sequence[redis.Redis]] = None) -> None:
         self.probe = probe
+        self.servers = list(servers) if servers is not None else [probe]
         self.t0 = self.t1 = 0.0
-        self.cpu0 = self.cpu1 = 0.0
+        self.own0 = self.own1 = 0.0
+        self.cpu0: List[float] = []
+        self.cpu1: List[float] = []
 
     def open(self) -> None:
-        self.cpu0 = server_cpu_s(self.probe)
+        self.cpu0 = [server_cpu_s(server) for server in self.servers]
+        self.own0 = time.process_time()
         self.t0 = time.perf_counter()
 
     def close(self) -> None:
         self.t1 = time.perf_counter()
-        self.cpu1 = server_cpu_s(self.probe)
+        self.own1 = time.process_time()
+        self.cpu1 = [server_cpu_s(server) for server in self.servers]
 
-    def result(self, entries: int) -> Dict[str, float]:
+    def result(self, entries: int) -> Dict[str, Any]:
         seconds = self.t1 - self.t0
-        cpu = self.cpu1 - self.cpu0
-        return {"entries": entries, "seconds": seconds, "rate": entries / seconds,
-                "server_cpu_s": cpu, "server_cpu_us_per_entry": cpu / entries * 1e6,
-                "server_busy": cpu / seconds}
+        each = [after - before for before, after in zip(self.cpu0, self.cpu1)]
+        cpu = sum(each)
+        result: Dict[str, Any] = {"entries": entries, "seconds": seconds, "rate": entries / seconds,
+                                  "server_cpu_s": cpu, "server_cpu_us_per_entry": cpu / entries * 1e6,
+                                  "server_busy": cpu / seconds,
+                                  "client_cpu_us_per_entry": (self.own1 - self.own0) / entries * 1e6}
+        if len(each) > 1:  # several servers: busy is their sum; the busiest one said apart
+            result["server_busy_each"] = [node / seconds for node in each]
+            result["server_busy_max"] = max(each) / seconds
+        return result
 
 
 def rss_mb() -> float:

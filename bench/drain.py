@@ -1,12 +1,19 @@
 """Child program: drain `--count` pre-filled entries through one consumer group and report.
 
-    python -m bench.drain {rstream,redis-py,walrus} --url URL --stream S --group G --count N
-                          [--sleep-ms MS] [--concurrency C] [--timeout S]
+    python -m bench.drain {rstream,redis-py,walrus} --url URL --stream S [--stream S2 ...]
+                          --group G --count N [--sleep-ms MS] [--concurrency C] [--timeout S]
+                          [--cluster]
 
 The handler is a no-op, or sleeps `--sleep-ms` (an I/O-bound handler). The timed window runs from
 just before the first read (rstream: just before `start()`) until the server has acknowledged all
 `count` entries; setup and `stop()` are outside it. The result line carries the rate, the server's
 CPU in that window, this process's peak RSS and, for rstream, which hot path was loaded.
+
+Several `--stream`s (group G on each, `count` entries over all of them): rstream reads them with
+`streams=[...]` (a lane per stream); the redis-py loop with one XREADGROUP over all of them
+(`STREAMS a b c > > >`, COUNT 500 per stream) and one XACK per stream per reply. `--cluster`:
+`--url` is a node of a Redis Cluster; rstream gets a `RedisCluster` client and the server CPU is
+summed over the masters (rstream only: no single command may carry keys of several slots).
 """
 from __future__ import annotations
 
@@ -14,9 +21,10 @@ import argparse
 import dataclasses
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import redis
+from redis.cluster import RedisCluster
 
 from bench.common import BATCH, POLL_S, BenchError, Window, emit, peak_rss_mb, rss_mb
 
@@ -42,8 +50,11 @@ def drain_rstream(args: argparse.Namespace, handler: Handler, window: Window) ->
     import rstream
     from rstream import _hotpath
 
-    consumer = rstream.Consumer(args.url, args.stream, args.group, "bench-rstream",
-                                group_start_id="0", concurrency=args.concurrency)
+    client = RedisCluster.from_url(args.url) if args.cluster else args.url
+    where: Dict[str, Any] = ({"streams": args.streams} if len(args.streams) > 1
+                             else {"stream": args.streams[0]})
+    consumer = rstream.Consumer(client, group=args.group, consumer_name="bench-rstream",
+                                group_start_id="0", concurrency=args.concurrency, **where)
     wake = threading.Event()  # never set: a deadline-bound poll that does not hold the GIL
     deadline = time.monotonic() + args.timeout
     stalled = Progress(NO_PROGRESS_S)
@@ -65,6 +76,8 @@ def drain_rstream(args: argparse.Namespace, handler: Handler, window: Window) ->
         stats = consumer.stats()
     finally:
         consumer.stop()
+        if args.cluster:
+            client.close()
     return {"implementation": _hotpath.IMPLEMENTATION, "stats": dataclasses.asdict(stats), **marks}
 
 
@@ -93,7 +106,12 @@ def drained(consumer: Any, args: argparse.Namespace, window: Window, marks: Dict
     if delivered < args.count:
         return False
     marks.setdefault("all_delivered_s", now)
-    return int(window.probe.xpending(args.stream, args.group)["pending"]) == 0
+    return pending(window.probe, args) == 0
+
+
+def pending(probe: Any, args: argparse.Namespace) -> int:
+    """Entries of the group read and not yet acknowledged, over every stream."""
+    return sum(int(probe.xpending(stream, args.group)["pending"]) for stream in args.streams)
 
 
 def stats_lag(consumer: Any, count: int, wake: threading.Event) -> float:
@@ -106,26 +124,29 @@ def stats_lag(consumer: Any, count: int, wake: threading.Event) -> float:
 
 
 def drain_redis_py(args: argparse.Namespace, handler: Handler, window: Window) -> Dict[str, Any]:
-    """What a user writes by hand: XREADGROUP COUNT 500, handle each entry, one XACK per batch."""
+    """What a user writes by hand: XREADGROUP COUNT 500, handle each entry, one XACK per batch.
+    Over several streams: one XREADGROUP over all of them (COUNT 500 is per stream, so a reply
+    holds up to 500 entries of each), one XACK per stream in the reply."""
+    if args.cluster:
+        raise BenchError("the redis-py loop reads all streams in one command: not on a cluster")
     client = redis.Redis.from_url(args.url)
     client.ping()  # connect outside the window, as rstream connects before its first read
     connection = client.connection_pool.get_connection()
     parser = type(getattr(connection, "_parser", None)).__name__
     client.connection_pool.release(connection)
+    streams = {stream: ">" for stream in args.streams}
     acked = 0
     deadline = time.monotonic() + args.timeout
     window.open()
     while acked < args.count:
         if time.monotonic() > deadline:
             raise BenchError(f"redis-py loop acked {acked} of {args.count} in {args.timeout} s")
-        reply: Any = client.xreadgroup(args.group, "bench-redis-py", {args.stream: ">"},
+        reply: Any = client.xreadgroup(args.group, "bench-redis-py", streams,
                                        count=BATCH, block=READ_BLOCK_MS)  # RESP2: [[key, entries]]
-        if not reply:
-            continue
-        entries = reply[0][1]
-        for entry in entries:
-            handler(entry)
-        acked += client.xack(args.stream, args.group, *[entry[0] for entry in entries])
+        for key, entries in reply or ():
+            for entry in entries:
+                handler(entry)
+            acked += client.xack(key, args.group, *[entry[0] for entry in entries])
     window.close()
     client.close()
     return {"parser": parser}
@@ -135,9 +156,11 @@ def drain_walrus(args: argparse.Namespace, handler: Handler, window: Window) -> 
     """walrus's ConsumerGroup, used as its documentation shows: read(count), then ack(*ids)."""
     import walrus  # type: ignore[import-untyped]
 
+    if args.cluster or len(args.streams) != 1:
+        raise BenchError("the walrus variant drains one stream of one server")
     db = walrus.Database.from_url(args.url)
-    group = db.consumer_group(args.group, [args.stream], consumer="bench-walrus")
-    stream = group.streams[args.stream]
+    group = db.consumer_group(args.group, args.streams, consumer="bench-walrus")
+    stream = group.streams[args.streams[0]]
     db.ping()
     acked = 0
     deadline = time.monotonic() + args.timeout
@@ -165,26 +188,38 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.drain", description=__doc__)
     parser.add_argument("variant", choices=sorted(DRAINERS))
     parser.add_argument("--url", required=True)
-    parser.add_argument("--stream", required=True)
+    parser.add_argument("--stream", dest="streams", action="append", required=True,
+                        help="repeat for several streams (group G on each)")
     parser.add_argument("--group", required=True)
     parser.add_argument("--count", type=int, required=True)
     parser.add_argument("--sleep-ms", type=float, default=0.0)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--timeout", type=float, default=300.0)
+    parser.add_argument("--cluster", action="store_true", help="--url is a Redis Cluster node")
     return parser.parse_args(argv)
+
+
+def make_probe(args: argparse.Namespace) -> Tuple[Any, List[redis.Redis]]:
+    """The client that asks about pending entries, and one client per server whose CPU counts
+    (every master of a cluster)."""
+    if not args.cluster:
+        probe = redis.Redis.from_url(args.url)
+        return probe, [probe]
+    cluster = RedisCluster.from_url(args.url)
+    return cluster, [node.redis_connection for node in cluster.get_primaries()]
 
 
 def main(argv: Optional[List[str]] = None) -> None:
     args = parse_args(argv)
-    probe = redis.Redis.from_url(args.url)
+    probe, servers = make_probe(args)
     rss_before = rss_mb()
-    window = Window(probe)
+    window = Window(probe, servers)
     extra = DRAINERS[args.variant](args, make_handler(args.sleep_ms), window)
-    pending = probe.xpending(args.stream, args.group)["pending"]
-    if pending:
-        raise BenchError(f"{args.variant}: {pending} entries still pending after the drain")
-    result = {"variant": args.variant, **window.result(args.count), "rss_before_mb": rss_before,
-              "peak_rss_mb": peak_rss_mb(), **extra}
+    left = pending(probe, args)
+    if left:
+        raise BenchError(f"{args.variant}: {left} entries still pending after the drain")
+    result = {"variant": args.variant, "streams": len(args.streams), **window.result(args.count),
+              "rss_before_mb": rss_before, "peak_rss_mb": peak_rss_mb(), **extra}
     if "first_delivery_s" in extra:  # the rate without rstream's startup (threads, connections)
         result["rate_from_first_delivery"] = args.count / (window.t1 - window.t0 - extra["first_delivery_s"])
     emit(result)

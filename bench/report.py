@@ -75,6 +75,9 @@ def ratio(value: float) -> str:
 def server(result: Dict[str, Any]) -> str:
     if "server_cpu_us_per_entry" not in result:
         return ""
+    if "server_busy_max" in result:  # several servers: CPU and busy are their sums
+        return (f"{result['server_cpu_us_per_entry']:.2f} us, {result['server_busy']:.0%} in all, "
+                f"busiest {result['server_busy_max']:.0%}")
     return f"{result['server_cpu_us_per_entry']:.2f} us, {result['server_busy']:.0%}"
 
 
@@ -170,9 +173,67 @@ def add_failover(table: Table, result: Dict[str, Any]) -> None:
             table.add(case, key, f"{value:.3f}" if isinstance(value, float) else str(value))
 
 
+def rate_and_client(summary: Dict[str, Any]) -> str:
+    """The rate and the consumer process's CPU per entry (all its threads), which a busy
+    neighbour on a shared machine moves far less than it moves the rate."""
+    if "client_cpu_us_per_entry" not in summary:
+        return rate(summary["rate"])
+    return f"{rate(summary['rate'])}, client CPU {summary['client_cpu_us_per_entry']:.2f} us/entry"
+
+
+def paired(over: Dict[str, Any], under: Dict[str, Any]) -> str:
+    """The ratio of two variants' median rates, and how it spread round by round: the variants
+    ran interleaved, so a round's two runs saw about the same neighbours."""
+    text = ratio(over["rate"] / under["rate"])
+    rounds = [a["rate"] / b["rate"] for a, b in zip(over.get("runs", []), under.get("runs", []))]
+    if len(rounds) > 1:
+        text += (f" (round by round: median {ratio(median(rounds))}, "
+                 f"{ratio(min(rounds))} to {ratio(max(rounds))})")
+    return text
+
+
+def median(values: List[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def add_streams(table: Table, result: Dict[str, Any]) -> None:
+    n = result["streams"]
+    case = f"6 drain {result['entries']:,} over {n} streams"
+    variants = result["variants"]
+    labels = {
+        "rstream 1 stream": "rstream compiled, 1 stream",
+        "rstream 3 streams": f"rstream compiled, streams=[{n} streams] (a lane each)",
+        "redis-py 1 stream": "redis-py loop, 1 stream",
+        "redis-py 3 streams, one read": f"redis-py, one XREADGROUP over {n} streams + XACK each",
+    }
+    for key, label in labels.items():
+        table.add(case, label, rate_and_client(variants[key]), server(variants[key]))
+        add_startup(table, case, variants[key])
+    several, one = variants["rstream 3 streams"], variants["rstream 1 stream"]
+    one_read, loop = variants["redis-py 3 streams, one read"], variants["redis-py 1 stream"]
+    table.add(case, f"rstream {n} streams / rstream 1 stream", paired(several, one))
+    table.add(case, f"rstream {n} streams / one XREADGROUP over {n}", paired(several, one_read))
+    table.add(case, f"one XREADGROUP over {n} / redis-py loop 1 stream", paired(one_read, loop))
+
+
+def add_cluster(table: Table, result: Dict[str, Any]) -> None:
+    streams = len(result["streams"])
+    case = f"7 cluster, {result['entries']:,} over {streams} streams"
+    cluster, single = result["variants"]["cluster"], result["variants"]["one server"]
+    table.add(case, f"rstream, RedisCluster of {result['masters']} masters ({result['cores']} cores)",
+              rate_and_client(cluster), server(cluster))
+    add_startup(table, case, cluster)
+    table.add(case, "rstream, the same streams on one server", rate_and_client(single), server(single))
+    add_startup(table, case, single)
+    table.add(case, "cluster / one server", paired(cluster, single))
+
+
 ADDERS: Dict[str, Callable[[Table, Dict[str, Any]], None]] = {
     "decode": add_decode, "drain": add_drain, "io": add_io,
     "latency": add_latency, "memory": add_memory, "failover": add_failover,
+    "streams": add_streams, "cluster": add_cluster,
 }
 
 

@@ -4,7 +4,9 @@
 
 Cases: 0 decode (compiled vs pure decode_entries), 1 drain a pre-filled backlog (rstream compiled and
 pure-Python, a redis-py loop, walrus, the redis-benchmark C-client limit), 2 I/O-bound handlers,
-3 XADD -> handler latency, 4 consumer memory on a large backlog, 5 failover (bench/failover.py).
+3 XADD -> handler latency, 4 consumer memory on a large backlog, 5 failover (bench/failover.py),
+6 streams: one backlog over 3 streams (rstream streams=[...], one stream, one XREADGROUP over all),
+7 cluster: those streams on a local 3-master Redis Cluster vs one server.
 `--quick` shrinks every case for a smoke run. See bench/README.md for what each baseline is.
 """
 from __future__ import annotations
@@ -90,7 +92,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(f"\n{table.render()}\n\nload average {machine['load_average']:.2f} at start, "
           f"{machine['load_average_end']:.2f} at end; server CPU is its {machine['server_cpu_scope']} "
           "(us per entry, and busy = CPU s / wall s); rates are medians of "
-          f"{sizes.repeat} run(s) where repeated")
+          f"{sizes.repeat} run(s) where repeated ({sizes.streams_repeat} in cases 6 and 7)")
     notes = ctx.all_notes()
     for note in notes:
         print(f"note: {note}")
