@@ -38,6 +38,8 @@ _URL_SCHEMES = ("redis://", "rediss://", "unix://")
 _CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
 _SENTINEL_SCHEMES = ("redis+sentinel://", "rediss+sentinel://")
 _SENTINEL_QUERY = ("sentinel_username", "sentinel_password")
+URL_CONNECT_TIMEOUT_S = 5.0
+URL_SOCKET_TIMEOUT_S = 30.0
 
 
 def client_from_option(value: Any) -> Any:
@@ -51,7 +53,11 @@ def client_from_option(value: Any) -> Any:
             raise ConfigError("redis must be a URL starting with redis://, rediss://, unix://, "
                               f"redis+cluster:// or redis+sentinel://, got {redact(value)!r}")
         try:
-            return redis.Redis.from_url(value)
+            # Options in the URL win: these only keep a black-holed host from hanging a
+            # Producer or a CLI command for the OS's own connect timeout (the Consumer's
+            # connections set their own).
+            return redis.Redis.from_url(value, socket_connect_timeout=URL_CONNECT_TIMEOUT_S,
+                                        socket_timeout=URL_SOCKET_TIMEOUT_S)
         except ValueError as exc:  # redis-py's own checks: a port that is not a number...
             raise ConfigError(f"bad redis URL {redact(value)!r}: {exc}") from None
     if isinstance(value, dict):

@@ -20,6 +20,9 @@ from .errors import (AuthenticationFailed, FatalRedisError, GroupMissing, Permis
 _FATAL_PREFIXES = ("ERR unknown command", "ERR unknown subcommand", "NOSCRIPT", "CROSSSLOT")
 # A command a script calls refused at maxmemory, as Redis 6.2 words it.
 _SCRIPT_OOM = "-OOM command not allowed"
+# A command a script calls on a key of another type, as Redis 6.2 wraps it
+# ("Error running script ...: @user_script:17: WRONGTYPE Operation against a key ...").
+_SCRIPT_WRONGTYPE = ": WRONGTYPE "
 # A command a script calls that the user's ACL refuses (Redis 7 and 6.2 say it so).
 _SCRIPT_ACL_REFUSAL = "The user executing the script can't run this command"
 # XINFO's answer when the stream is gone: the same fault as NOGROUP, the same cure.
@@ -74,7 +77,7 @@ def translate(exc: BaseException) -> RStreamError:
         return RedisUnavailable(text)
     if _SCRIPT_OOM in text:  # Redis 6.2 wraps a refusal inside a script in its own text
         return RedisOutOfMemory(text)
-    if text.startswith("WRONGTYPE"):
+    if text.startswith("WRONGTYPE") or _SCRIPT_WRONGTYPE in text:
         return WrongType(text)
     if text.startswith(("NOAUTH", "WRONGPASS")):
         return AuthenticationFailed(f"authentication failed: {text}")

@@ -15,9 +15,10 @@ import pytest
 import redis
 
 from faultkit import Recorder, command_calls, new_consumer, pending, publish, records, rstream_threads
-from helpers import wait_until
+from helpers import unique_name, wait_until
 from proxy import Proxy
-from rstream import Consumer, FatalRedisError, Message, RStreamError
+from rstream import Consumer, FatalRedisError, Message, RStreamError, WrongType
+from rstream.connection import ConnectionFactory
 from rstream.embedded import EmbeddedServer, find_server_binary
 
 BLACKHOLE_S = 5.0        # the issue's outage length
@@ -399,3 +400,17 @@ def test_handle_failure_that_raises_keeps_entry_until_a_retry_succeeds(
     started = time.monotonic()
     consumer.stop(STOP_TIMEOUT_S)
     assert time.monotonic() - started < STOP_TIMEOUT_S + STOP_SLACK_S
+
+
+def test_a_wrong_type_inside_a_script_is_wrong_type_on_every_server(
+        redis_server: EmbeddedServer, r: redis.Redis) -> None:
+    """A command a script runs on a key of another type is a WrongType (fatal, naming the
+    cause), whether the server says WRONGTYPE (Redis 7+, Valkey) or wraps it (Redis 6.2)."""
+    key = unique_name("wt")
+    r.set(key, "not a stream")
+    link = ConnectionFactory(redis_server.client(), key).make("test")
+    try:
+        with pytest.raises(WrongType, match="WRONGTYPE"):
+            link.call("EVAL", "return redis.call('XADD', KEYS[1], '*', 'a', 1)", 1, key)
+    finally:
+        link.close()
