@@ -68,7 +68,8 @@ def test_bad_redis_url_is_a_clear_error() -> None:
     """A --redis value that is not a Redis URL exits 1 with one error line, no traceback."""
     result = run_cli("demo", "--redis", "localhost:6379")
     assert result.returncode == 1, result.stdout + result.stderr
-    assert "rstream: error: bad --redis URL 'localhost:6379'" in result.stderr
+    assert "rstream: error: --redis: redis must be a URL" in result.stderr
+    assert "got 'localhost:6379'" in result.stderr
     assert "Traceback" not in result.stderr
 
 

@@ -14,25 +14,24 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.parse
 import uuid
 from typing import Any, Dict, List, Optional
 
 import redis
 
 from .._hotpath import IMPLEMENTATION
+from ..clients import client_from_option, redact
 from ..consumer import Consumer
+from ..producer import Producer
 from ..embedded import EmbeddedServer
-from ..errors import RStreamError
+from ..errors import ConfigError, RStreamError
 from ..message import Message
 from ..options import DEFAULT_BATCH_SIZE, DEFAULT_CONCURRENCY
 from .common import EXIT_FAILED, EXIT_OK, positive_int
 from .progress import Progress
 
-PUBLISH_CHUNK = 1000          # XADDs per pipeline round trip
 DEFAULT_COUNT = 100_000
 DEFAULT_TIMEOUT_S = 120.0
-CONNECT_TIMEOUT_S = 5.0
 STOP_TIMEOUT_S = 30.0
 POLL_S = 0.1                  # how often the drain wait looks for a fatal consumer error
 NO_EXTENSIONS_ENV = "RSTREAM_NO_EXTENSIONS"
@@ -93,24 +92,14 @@ def _demo_command(args: argparse.Namespace, argv: List[str]) -> int:
 def _connect(url: str) -> redis.Redis:
     """A checked client, or a DemoError saying what is wrong with the URL or the server."""
     try:
-        client: redis.Redis = redis.Redis.from_url(
-            url, socket_connect_timeout=CONNECT_TIMEOUT_S, socket_timeout=CONNECT_TIMEOUT_S * 6)
-    except ValueError as exc:
-        raise DemoError(f"bad --redis URL {_redact(url)!r}: {exc}") from None
+        client: redis.Redis = client_from_option(url)
+    except ConfigError as exc:
+        raise DemoError(f"--redis: {exc}") from None
     try:
         client.ping()
     except redis.ConnectionError as exc:
-        raise DemoError(f"cannot reach Redis at {_redact(url)}: {exc}") from None
+        raise DemoError(f"cannot reach Redis at {redact(url)}: {exc}") from None
     return client
-
-
-def _redact(url: str) -> str:
-    """The URL without its password: it is printed."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
 def _server_label(client: redis.Redis) -> str:
@@ -126,7 +115,7 @@ def _server_label(client: redis.Redis) -> str:
 def _demo(url: str, args: argparse.Namespace) -> DemoResult:
     client = _connect(url)
     stream = f"rstream-demo-{uuid.uuid4().hex[:8]}"
-    print(f"server: {_server_label(client)} at {_redact(url)}")
+    print(f"server: {_server_label(client)} at {redact(url)}")
     print(f"hot path: {IMPLEMENTATION}")
     try:
         _publish(client, stream, args.count)
@@ -138,12 +127,9 @@ def _demo(url: str, args: argparse.Namespace) -> DemoResult:
 
 def _publish(client: redis.Redis, stream: str, count: int) -> None:
     started = time.perf_counter()
-    for first in range(0, count, PUBLISH_CHUNK):
-        pipe = client.pipeline(transaction=False)
-        for i in range(first, min(first + PUBLISH_CHUNK, count)):
-            pipe.xadd(stream, {b"order": b"%010d" % i, b"customer": b"c-%06d" % (i % 1_000_000),
-                               b"payload": _PAYLOAD})
-        pipe.execute()
+    Producer(client, stream).send_many(
+        {b"order": b"%010d" % i, b"customer": b"c-%06d" % (i % 1_000_000), b"payload": _PAYLOAD}
+        for i in range(count))
     elapsed = time.perf_counter() - started
     print(f"published {count:,} entries (3 fields, ~100 B) in {elapsed:.2f} s: "
           f"{count / elapsed:,.0f} entries/s")
