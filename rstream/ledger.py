@@ -72,6 +72,14 @@ class Ledger:
     def in_flight(self) -> int:
         return self._in_flight
 
+    def resize(self, limit: int) -> None:
+        """A new window (the reader widens it for a far link). Entries already in flight past
+        a smaller one stay; new grants wait until they fit."""
+        if limit != self.limit:
+            with self._cond:
+                self.limit = limit
+                self._cond.notify_all()
+
     def reserve(self, want: int, stop: threading.Event, wait_s: Optional[float] = None,
                 priority: bool = False) -> Grant:
         """A grant of up to `want` slots, waiting for at least one until `stop` is set or

@@ -5,11 +5,26 @@ entries flow, the next read is sent before the current batch is delivered (the s
 the next reply while this process decodes and dispatches), and acks ride in the same write.
 Each read holds a `Grant` of in-flight slots from the moment it is sent until its reply is
 delivered or it fails; a grant closes on every path (see `rstream.ledger`).
+
+How many reads stay outstanding: two on a near link (the server prepares the next reply while
+this process decodes and dispatches the current one), and on a far link enough to cover the
+round trip, one read per `READ_SPACING_S` of it (`pipeline_depth`): a batch of 500 takes one
+to two milliseconds to decode and hand over, so replies arriving that often keep the reader
+busy instead of waiting on the network (40 ms of round trip: 20 reads, 10,000 entries on the
+wire, 250k entries/s at most). A near link, even a loaded one whose reads take a few ms to
+come back, keeps two. The round trip is the fastest of the recent non-blocking
+reads (queueing on either side only makes a read slower). Slots bound it all: a read needs
+free in-flight slots, so the depth a far link gets is at most `max_in_flight / batch_size`
+reads. Without an explicit `max_in_flight` the window follows the depth (`window`): four
+batches on a near link, as many as the reads outstanding plus two on a far one, up to
+`MAX_AUTO_WINDOW_BATCHES`; a given `max_in_flight` is kept as it is.
 """
 from __future__ import annotations
 
 import collections
+import math
 import threading
+import time
 from typing import Deque, Optional, Tuple
 
 from .group import Position
@@ -20,8 +35,35 @@ from .redisio import EMPTY_PLAN, SettlePlan, StreamOps
 from .settle import SettleBatch
 from .settlements import Settlements
 
-# Reads kept outstanding while entries flow (slots permitting, see max_in_flight).
+# Reads kept outstanding while entries flow on a near link (slots permitting, see max_in_flight).
 PIPELINE_DEPTH = 2
+# On a far link, one read outstanding per this much round trip, up to MAX_PIPELINE_DEPTH.
+READ_SPACING_S = 0.002
+MAX_PIPELINE_DEPTH = 256
+# The round trip is the fastest of this many recent non-blocking reads.
+RTT_WINDOW = 32
+
+
+# Without max_in_flight, a far link's window grows to at most this many batches (16,000 entries
+# with the default batch_size: a bounded read-ahead, whatever the round trip).
+MAX_AUTO_WINDOW_BATCHES = 32
+
+
+def window(options: Options, depth: int) -> int:
+    """The in-flight window for this pipeline depth: `max_in_flight` when given, else the
+    default (four batches) or, on a far link, room for every read outstanding plus the batch
+    being decoded and the one being handled."""
+    if options.max_in_flight is not None:
+        return options.max_in_flight
+    batches = min(MAX_AUTO_WINDOW_BATCHES, depth + 2)
+    return max(options.in_flight_limit, batches * options.batch_size)
+
+
+def pipeline_depth(round_trip_s: Optional[float]) -> int:
+    """Reads to keep outstanding for a link with this round trip (None: not measured yet)."""
+    if round_trip_s is None:
+        return PIPELINE_DEPTH
+    return max(PIPELINE_DEPTH, min(MAX_PIPELINE_DEPTH, math.ceil(round_trip_s / READ_SPACING_S)))
 
 
 class Reader:
@@ -37,8 +79,16 @@ class Reader:
         self._after = "0"
         self._position = position  # the last id read of new entries (see rstream.group)
         self._flowing = False  # the last read came back full: more entries are waiting
-        # Reads sent and not yet collected, oldest first, with the acks each carried.
-        self._out: Deque[Tuple[Grant, SettleBatch, SettlePlan]] = collections.deque()
+        # Reads sent and not yet collected, oldest first, with the acks each carried and when
+        # each was sent (None for a blocking read, whose time says nothing of the link).
+        self._out: Deque[Tuple[Grant, SettleBatch, SettlePlan, Optional[float]]] = collections.deque()
+        self._round_trips: Deque[float] = collections.deque(maxlen=RTT_WINDOW)
+        self._depth = PIPELINE_DEPTH
+
+    @property
+    def depth(self) -> int:
+        """Reads kept outstanding while entries flow, as the link's round trip asks."""
+        return self._depth
 
     @property
     def reads_out(self) -> int:
@@ -69,7 +119,7 @@ class Reader:
             self._send(self._ledger.reserve(self._o.batch_size, self._stop), flowing=self._flowing)
             if not self._out:
                 return
-        grant, batch, plan = self._out.popleft()
+        grant, batch, plan, sent_at = self._out.popleft()
         with grant:
             try:
                 result = self.ops.finish_settle(plan)
@@ -78,6 +128,10 @@ class Reader:
                 raise
             self._settlements.settled(batch, result)
             messages, deleted = self.ops.finish_read()
+            if sent_at is not None:
+                self._round_trips.append(time.monotonic() - sent_at)
+                self._depth = pipeline_depth(min(self._round_trips))
+                self._ledger.resize(window(self._o, self._depth))
             if messages:
                 self._position.last_seen = messages[-1].id
             self._flowing = len(messages) + len(deleted) >= grant.size
@@ -85,7 +139,7 @@ class Reader:
             try:
                 # A full batch: more is waiting. Keep reads queued on the server while this one
                 # is delivered, so it never waits for this process between two replies.
-                while self._flowing and len(self._out) < PIPELINE_DEPTH:
+                while self._flowing and len(self._out) < self._depth:
                     more = self._ledger.reserve(self._o.batch_size, self._stop, wait_s=0)
                     if not more:
                         break
@@ -107,11 +161,11 @@ class Reader:
             grant.close()
             self._settlements.restore(batch)
             raise
-        self._out.append((grant, batch, plan))
+        self._out.append((grant, batch, plan, time.monotonic() if flowing else None))
 
     def abandon(self) -> None:
         """Release the grants of reads that will never be collected (at stop)."""
         while self._out:
-            grant, batch, _ = self._out.popleft()
+            grant, batch, _, _ = self._out.popleft()
             grant.close()
             self._settlements.restore(batch)

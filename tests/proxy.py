@@ -3,6 +3,8 @@
 It can black-hole the network (connections stay open and new ones are accepted, but no byte moves
 in either direction, as when a link or a firewall silently drops packets), drop every connection
 (clients see the peer close, as after a NAT or load-balancer timeout), and restore forwarding.
+With `delay_s` it is a far link: every byte arrives `delay_s` after it was sent, each way (a
+round trip of twice that), at whatever bandwidth loopback gives; bench/farlink.py uses it.
 Bytes that arrive during a black hole wait in the kernel's buffers and move on once restored,
 like TCP segments retransmitted after a partition heals: the byte stream is never corrupted.
 
@@ -12,12 +14,13 @@ so a test that forgets `close()` cannot leave it running.
 """
 from __future__ import annotations
 
+import collections
 import select
 import socket
 import threading
 import time
 from types import TracebackType
-from typing import List, Optional, Type
+from typing import Deque, List, Optional, Tuple, Type
 
 HOST = "127.0.0.1"
 POLL_S = 0.05          # how often idle threads look at the black-hole and close flags
@@ -51,8 +54,9 @@ class Proxy:
     """Forwards 127.0.0.1:<port> to `target_host:target_port` until told otherwise."""
 
     def __init__(self, target_port: int, target_host: str = HOST, max_connections: int = 64,
-                 lifetime_s: float = 600.0) -> None:
+                 lifetime_s: float = 600.0, delay_s: float = 0.0) -> None:
         self.target = (target_host, target_port)
+        self.delay_s = delay_s
         self.max_connections = max_connections
         self._deadline = time.monotonic() + lifetime_s
         self._listener = socket.create_server((HOST, 0))
@@ -141,8 +145,11 @@ class Proxy:
             self._pairs.append(pair)
             self.accepted += 1
         for src, dst, name in ((client, upstream, "up"), (upstream, client, "down")):
-            threading.Thread(target=self._pump, args=(pair, src, dst), name=f"proxy-{name}",
-                             daemon=True).start()
+            if self.delay_s > 0:
+                _DelayedPump(self, pair, src, dst, name).start()
+            else:
+                threading.Thread(target=self._pump, args=(pair, src, dst), name=f"proxy-{name}",
+                                 daemon=True).start()
 
     def _pump(self, pair: _Pair, src: socket.socket, dst: socket.socket) -> None:
         try:
@@ -159,3 +166,74 @@ class Proxy:
         except (OSError, ValueError):  # the pair was closed under us
             pass
         pair.close()
+
+
+class _DelayedPump:
+    """One direction of a far link: a thread reads what arrives and stamps it with the time it
+    may leave (now + delay); another sends each chunk at that time, in order. Work is per chunk
+    (up to CHUNK bytes), not per byte, so the proxy costs little CPU at full speed."""
+
+    def __init__(self, proxy: Proxy, pair: _Pair, src: socket.socket, dst: socket.socket,
+                 name: str) -> None:
+        self._proxy, self._pair, self._src, self._dst = proxy, pair, src, dst
+        self._name = name
+        self._queue: Deque[Tuple[float, bytes]] = collections.deque()
+        self._cond = threading.Condition()
+
+    def start(self) -> None:
+        for target, role in ((self._receive, "in"), (self._send, "out")):
+            threading.Thread(target=target, name=f"proxy-{self._name}-{role}", daemon=True).start()
+
+    def _receive(self) -> None:
+        try:
+            while not (self._pair.closed or self._proxy._done()):
+                readable, _, _ = select.select([self._src], [], [], POLL_S)
+                if not readable:
+                    continue
+                data = self._src.recv(CHUNK)
+                if not data:
+                    break
+                with self._cond:
+                    self._queue.append((time.monotonic() + self._proxy.delay_s, data))
+                    self._cond.notify()
+        except (OSError, ValueError):
+            pass
+        with self._cond:
+            self._queue.append((time.monotonic() + self._proxy.delay_s, b""))  # the end, delayed too
+            self._cond.notify()
+
+    def _send(self) -> None:
+        try:
+            while True:
+                with self._cond:
+                    while not self._queue:
+                        self._cond.wait(POLL_S)
+                        if self._pair.closed:
+                            return
+                    due, data = self._queue[0]
+                    wait = due - time.monotonic()
+                    if wait > 0:
+                        self._cond.wait(wait)
+                        continue
+                    self._queue.popleft()
+                if not data:
+                    break
+                self._dst.sendall(data)
+        except (OSError, ValueError):
+            pass
+        self._pair.close()
+
+
+def main() -> None:
+    """``python tests/proxy.py TARGET_PORT [DELAY_MS]``: run a proxy in a process of its own (so
+    that its threads do not share a GIL with the client measured through it); prints its port,
+    then forwards until killed."""
+    import sys
+    target, delay_ms = int(sys.argv[1]), float(sys.argv[2]) if len(sys.argv) > 2 else 0.0
+    with Proxy(target, delay_s=delay_ms / 1000, lifetime_s=24 * 3600, max_connections=1024) as proxy:
+        print(proxy.port, flush=True)
+        threading.Event().wait()
+
+
+if __name__ == "__main__":
+    main()
