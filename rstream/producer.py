@@ -11,16 +11,22 @@ pipelines of `CHUNK` commands without MULTI (`send_many`).
 Delivery is at-least-once, as for any XADD: a connection lost after the server added an entry
 but before its id came back raises `RedisUnavailable`, and sending again adds it twice (so does
 a client given with a redis-py ``retry`` that re-sends: a whole chunk, for `send_many`).
+
+Tracing is opt-in (``trace=``, extra ``otel``): `rstream.otel.ProducerTracing` wraps each call in
+a span and adds its context to the fields. Off (the default), nothing of it runs or is imported.
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, List, Mapping, Optional, Union
+from typing import TYPE_CHECKING, Any, Iterable, List, Mapping, Optional, Union
 
 import redis.exceptions as rex
 
 from .clients import client_from_option, redact
 from .errors import ConfigError, RStreamError, WrongType
 from .faults import translate
+
+if TYPE_CHECKING:
+    from .otel import ProducerTracing
 
 CHUNK = 1000  # XADDs per round trip in send_many: larger gains little, and holds more memory
 # Keys are Any: Mapping is invariant in its key type, so Dict[str, str] would not fit
@@ -34,6 +40,8 @@ class Producer:
     """Adds entries to `stream` through `redis` (a URL, a dict of `redis.Redis` keyword arguments,
     or a `redis.Redis` / `RedisCluster`). With `maxlen`, every XADD trims the stream to about
     (`approximate`, ``MAXLEN ~``: cheap, whole macro nodes only) or exactly that many entries.
+    With `trace` (``True``: the global tracer provider, or an `rstream.otel.ProducerTracing`),
+    each call is a ``send <stream>`` span whose context goes into the entries (README, Tracing).
 
     Thread-safe: each call takes a connection from the client's pool. `close()` (or leaving a
     ``with`` block) closes a client the Producer made from a URL or a dict; a client passed in
@@ -41,7 +49,7 @@ class Producer:
     """
 
     def __init__(self, redis: Any, stream: str, maxlen: Optional[int] = None,
-                 approximate: bool = True) -> None:
+                 approximate: bool = True, *, trace: Union[bool, "ProducerTracing"] = False) -> None:
         if not isinstance(stream, str) or not stream:
             raise ConfigError(f"stream must be a non-empty str, got {stream!r}")
         if maxlen is not None and (isinstance(maxlen, bool) or not isinstance(maxlen, int)
@@ -49,6 +57,7 @@ class Producer:
             raise ConfigError(f"maxlen must be a positive int or None, got {maxlen!r}")
         if not isinstance(approximate, bool):
             raise ConfigError(f"approximate must be a bool, got {approximate!r}")
+        self._tracing = _tracing_for(trace)
         self._client = client_from_option(redis)
         self._owns_client = self._client is not redis
         self._label = redact(redis) if isinstance(redis, str) else type(self._client).__name__
@@ -59,6 +68,11 @@ class Producer:
         """Add one entry; its id."""
         check_fields(fields, "fields")
         self._check_open()
+        if self._tracing is not None:
+            return self._tracing.send(self.stream, fields, self._send)
+        return self._send(fields)
+
+    def _send(self, fields: Fields) -> str:
         try:
             return _text(self._client.xadd(self.stream, fields, maxlen=self.maxlen,
                                            approximate=self.approximate))
@@ -72,6 +86,11 @@ class Producer:
         A refused or lost round trip raises the translated error; that chunk may be partly in
         the stream (a refusal such as OOM can hit some of its XADDs and not others)."""
         self._check_open()
+        if self._tracing is not None:
+            return self._tracing.send_many(self.stream, entries, self._send_many)
+        return self._send_many(entries)
+
+    def _send_many(self, entries: Iterable[Fields]) -> List[str]:
         ids: List[str] = []
         pipe = self._client.pipeline(transaction=False)  # execute() empties it for the next chunk
         for index, fields in enumerate(entries):
@@ -108,8 +127,9 @@ class Producer:
         self.close()
 
     def __repr__(self) -> str:
+        traced = "" if self._tracing is None else f", trace={self._tracing!r}"
         return (f"Producer(redis={self._label!r}, stream={self.stream!r}, maxlen={self.maxlen!r}, "
-                f"approximate={self.approximate!r})")
+                f"approximate={self.approximate!r}{traced})")
 
     def _fault(self, exc: BaseException) -> RStreamError:
         error = translate(exc)
@@ -134,6 +154,22 @@ def check_fields(fields: object, what: str) -> None:
                 if isinstance(item, bool) or not isinstance(item, _ENCODABLE):
                     raise ConfigError(f"{what}: {part} {item!r} of field {name!r} must be bytes, "
                                       f"str, int or float, not {type(item).__name__}")
+
+
+def _tracing_for(trace: object) -> Optional["ProducerTracing"]:
+    """None when tracing is off; rstream.otel is imported only when it is on."""
+    if trace is False:
+        return None
+    try:
+        from .otel import ProducerTracing
+    except ImportError as exc:
+        raise ConfigError(f"trace={trace!r} needs OpenTelemetry: pip install 'rstream-redis[otel]' "
+                          f"({exc})") from None
+    if trace is True:
+        return ProducerTracing()
+    if isinstance(trace, ProducerTracing):
+        return trace
+    raise ConfigError(f"trace must be a bool or an rstream.otel.ProducerTracing, got {trace!r}")
 
 
 def _text(entry_id: Union[bytes, str]) -> str:
