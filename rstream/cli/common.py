@@ -89,6 +89,13 @@ def _from_environment(parser: argparse.ArgumentParser, action: argparse.Action, 
     return values if isinstance(action, argparse._AppendAction) else values[0]
 
 
+def add_redis_flag(parser: argparse.ArgumentParser) -> None:
+    """``--redis URL`` (required; also ``RSTREAM_REDIS``), the same for every subcommand."""
+    parser.add_argument("--redis", metavar="URL", required=True,
+                        help="the server: redis://, rediss://, unix://, redis+cluster:// or "
+                             "redis+sentinel:// URL")
+
+
 def positive_int(text: str) -> int:
     try:
         value = int(text)

@@ -23,8 +23,8 @@ from typing import Any, Callable, Dict, List, Optional
 from ..consumer import DEFAULT_STOP_TIMEOUT_S, Consumer
 from ..errors import ConfigError, FatalRedisError
 from ..options import Options
-from .common import (EXIT_FAILED, EXIT_OK, Append, Parser, UsageError, optional_positive_int,
-                     positive_int)
+from .common import (EXIT_FAILED, EXIT_OK, Append, Parser, UsageError, add_redis_flag,
+                     optional_positive_int, positive_int)
 
 log = logging.getLogger("rstream")
 
@@ -65,8 +65,7 @@ def register(commands: "argparse._SubParsersAction[Parser]") -> None:
     parser.add_argument("target", metavar="MODULE:FUNCTION",
                         help="the handler, e.g. myapp.tasks:handle (imported from the current "
                              "directory too)")
-    parser.add_argument("--redis", required=True, metavar="URL",
-                        help="redis://, rediss://, unix://, redis+cluster:// or redis+sentinel:// URL")
+    add_redis_flag(parser)
     parser.add_argument("--stream", action=Append, required=True, metavar="STREAM",
                         help="stream to consume; repeat for several (RSTREAM_STREAM: comma-separated)")
     parser.add_argument("--group", required=True, help="consumer group")

@@ -26,7 +26,7 @@ from ..clients import client_from_option, redact
 from ..deadletters import DeadLetter, Replay
 from ..errors import ConfigError, RedisUnavailable, RStreamError
 from ..faults import translate
-from .common import EXIT_OK, Append, UsageError, positive_int
+from .common import EXIT_OK, Append, UsageError, add_redis_flag, positive_int
 
 ERROR_WIDTH = 60  # characters of the error column in the table
 
@@ -43,9 +43,7 @@ def register(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") ->
                     "fields and leaves the dead-letter stream, atomically.")
     parser.add_argument("action", nargs="?", choices=("list", "replay"), default="list",
                         help="list (default) or replay")
-    parser.add_argument("--redis", metavar="URL", required=True,
-                        help="the server: redis://, rediss://, unix://, redis+cluster://, "
-                             "redis+sentinel://")
+    add_redis_flag(parser)
     parser.add_argument("--stream", "--dead-letter-stream", dest="dead_letter_stream",
                         metavar="D", required=True,
                         help="the dead-letter stream (RSTREAM_DEAD_LETTER_STREAM, as for consume)")

@@ -19,7 +19,7 @@ from ..clients import client_from_option, redact
 from ..errors import RedisUnavailable
 from ..inspection import GroupReport, StreamReport, describe_streams
 from ..options import Options
-from .common import EXIT_FAILED, EXIT_OK, Append, positive_int
+from .common import EXIT_FAILED, EXIT_OK, Append, add_redis_flag, positive_int
 
 UNKNOWN = "?"  # a lag the server cannot tell (Redis 6.2 mid-stream, entries deleted on 7+)
 NONE = "-"     # no pending entry, so no oldest one
@@ -36,8 +36,7 @@ def register(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") ->
         description="Show each stream's length, its consumer groups (pending, lag, last "
                     "delivered id, age of the oldest pending entry) and their consumers "
                     "(pending, idle, alive or dead by rstream's heartbeat rule).")
-    info.add_argument("--redis", metavar="URL", required=True,
-                      help="server: redis://, rediss://, unix://, redis+cluster:// or redis+sentinel:// URL")
+    add_redis_flag(info)
     info.add_argument("--stream", metavar="S", action=Append, required=True,
                       help="stream to show; repeat for several")
     info.add_argument("--group", metavar="G", help="show only this consumer group")

@@ -32,7 +32,7 @@ from ..clients import client_from_option
 from ..errors import ConfigError, RStreamError
 from ..faults import translate
 from ..producer import Producer
-from .common import EXIT_OK, UsageError, positive_int
+from .common import EXIT_OK, UsageError, add_redis_flag, positive_int
 
 BLOCK = 1 << 16  # bytes asked of one read of stdin
 Line = Tuple[int, bytes]
@@ -52,8 +52,7 @@ def register(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") ->
         description="Read JSON objects, one per line, from stdin and add each to --stream as one "
                     "entry (field -> value; strings as they are, other values as JSON text). "
                     "Prints 'published N entries to S' on stderr.")
-    publish.add_argument("--redis", metavar="URL", required=True,
-                         help="redis://, rediss://, unix://, redis+cluster:// or redis+sentinel:// URL")
+    add_redis_flag(publish)
     publish.add_argument("--stream", metavar="S", required=True, help="the stream to add to")
     publish.add_argument("--maxlen", metavar="N", type=positive_int,
                          help="trim the stream to N entries at every XADD (default: no trimming)")
