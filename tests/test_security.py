@@ -31,7 +31,7 @@ MINIMAL_COMMANDS = ("-@all +xreadgroup +xack +xpending +xclaim +xinfo|consumers 
 FENCE_COMMANDS = "+eval +get +set +del"
 # Denied without harm: rstream skips its server-version check without INFO, and redis-py
 # ignores a refused CLIENT SETINFO (the connection's library name).
-OPTIONAL_DENIED = {"info", "client|setinfo", "client"}
+OPTIONAL_DENIED = {"info", "client|setinfo", "client", "xackdel"}
 
 
 def acl_rules(keys: Sequence[str], commands: str = MINIMAL_COMMANDS,
