@@ -11,8 +11,9 @@ this process decodes and dispatches the current one), and on a far link enough t
 round trip, one read per `READ_SPACING_S` of it (`pipeline_depth`): a batch of 500 takes one
 to two milliseconds to decode and hand over, so replies arriving that often keep the reader
 busy instead of waiting on the network (40 ms of round trip: 20 reads, 10,000 entries on the
-wire, 250k entries/s at most). A near link, even a loaded one whose reads take a few ms to
-come back, keeps two. The round trip is the fastest of the recent non-blocking
+wire, 250k entries/s at most). A link under `FAR_LINK_S` keeps two: two reads of 500 per round
+trip still carry 100k entries/s at 10 ms, and a read's time also holds this process's own work
+on the reads before it, several ms on a loaded machine, which must not pass for distance. The round trip is the fastest of the recent non-blocking
 reads (queueing on either side only makes a read slower). Slots bound it all: a read needs
 free in-flight slots, so the depth a far link gets is at most `max_in_flight / batch_size`
 reads. Without an explicit `max_in_flight` the window follows the depth (`window`): four
@@ -37,7 +38,9 @@ from .settlements import Settlements
 
 # Reads kept outstanding while entries flow on a near link (slots permitting, see max_in_flight).
 PIPELINE_DEPTH = 2
-# On a far link, one read outstanding per this much round trip, up to MAX_PIPELINE_DEPTH.
+# On a far link (a round trip of FAR_LINK_S or more), one read outstanding per READ_SPACING_S
+# of round trip, up to MAX_PIPELINE_DEPTH.
+FAR_LINK_S = 0.010
 READ_SPACING_S = 0.002
 MAX_PIPELINE_DEPTH = 256
 # The round trip is the fastest of this many recent non-blocking reads.
@@ -61,7 +64,7 @@ def window(options: Options, depth: int) -> int:
 
 def pipeline_depth(round_trip_s: Optional[float]) -> int:
     """Reads to keep outstanding for a link with this round trip (None: not measured yet)."""
-    if round_trip_s is None:
+    if round_trip_s is None or round_trip_s < FAR_LINK_S:
         return PIPELINE_DEPTH
     return max(PIPELINE_DEPTH, min(MAX_PIPELINE_DEPTH, math.ceil(round_trip_s / READ_SPACING_S)))
 

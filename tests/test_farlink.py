@@ -20,7 +20,7 @@ DEADLINE_S = 60.0
 
 
 @pytest.mark.parametrize("round_trip_s, depth", [
-    (None, PIPELINE_DEPTH), (0.0001, PIPELINE_DEPTH), (0.003, PIPELINE_DEPTH), (0.005, 3),
+    (None, PIPELINE_DEPTH), (0.0001, PIPELINE_DEPTH), (0.009, PIPELINE_DEPTH), (0.010, 5),
     (0.040, 20), (10.0, MAX_PIPELINE_DEPTH)])
 def test_one_read_per_two_milliseconds_of_round_trip(round_trip_s: float, depth: int) -> None:
     assert pipeline_depth(round_trip_s) == depth
