@@ -10,8 +10,8 @@ How many reads stay outstanding: two on a near link (the server prepares the nex
 this process decodes and dispatches the current one), and on a far link enough to cover the
 round trip, one read per `READ_SPACING_S` of it (`pipeline_depth`): a batch of 500 takes one
 to two milliseconds to decode and hand over, so replies arriving that often keep the reader
-busy instead of waiting on the network (40 ms of round trip: 20 reads, 10,000 entries on the
-wire, 250k entries/s at most). A link under `FAR_LINK_S` keeps two: two reads of 500 per round
+busy instead of waiting on the network (40 ms of round trip: 27 reads, 13,500 entries on the
+wire, 330k entries/s at most). A link under `FAR_LINK_S` keeps two: two reads of 500 per round
 trip still carry 100k entries/s at 10 ms, and a read's time also holds this process's own work
 on the reads before it, several ms on a loaded machine, which must not pass for distance. The round trip is the fastest of the recent non-blocking
 reads (queueing on either side only makes a read slower). Slots bound it all: a read needs
@@ -41,7 +41,7 @@ PIPELINE_DEPTH = 2
 # On a far link (a round trip of FAR_LINK_S or more), one read outstanding per READ_SPACING_S
 # of round trip, up to MAX_PIPELINE_DEPTH.
 FAR_LINK_S = 0.010
-READ_SPACING_S = 0.002
+READ_SPACING_S = 0.0015
 MAX_PIPELINE_DEPTH = 256
 # The round trip is the fastest of this many recent non-blocking reads.
 RTT_WINDOW = 32
