@@ -21,7 +21,8 @@ import redis
 from bench.cluster import local_cluster, streams_on_every_master
 from bench import c_consumer
 from bench.common import (BATCH, READY_MARK, REPO_ROOT, BenchError, child_command, child_env, command_delta,
-                          command_stats, io_counters, median, new_group, parse_result, prefill, run_child, server_cpu_s)
+                          command_stats, io_counters, median, new_group, parse_result, prefill, run_child,
+                          server_cpu_s, server_pid)
 
 IO_SLEEP_MS = 1.0
 IO_CONCURRENCY = 64
@@ -216,12 +217,13 @@ def c_client_limit(ctx: Context, stream: str, group: str) -> Dict[str, Any]:
     command = [ctx.redis_benchmark, "-h", str(where["host"]), "-p", str(where["port"]), "-c", "1", "-P", "2",
                "-n", str(requests), "--csv", "XREADGROUP", "GROUP", group, "c", "COUNT", str(BATCH),
                "STREAMS", stream, "0"]
-    io0, stats0 = io_counters(ctx.client), [command_stats(ctx.client)]
+    pid = server_pid(ctx.client)
+    io0, stats0 = io_counters(ctx.client, pid), [command_stats(ctx.client)]
     cpu0 = server_cpu_s(ctx.client)
     proc = subprocess.run(command, capture_output=True, text=True, timeout=300)
     cpu = server_cpu_s(ctx.client) - cpu0
     commands = command_delta(stats0, [command_stats(ctx.client)])
-    io1 = io_counters(ctx.client)
+    io1 = io_counters(ctx.client, pid)
     rps = parse_benchmark_csv(proc.stdout, proc.stderr)
     entries, rate = requests * BATCH, rps * BATCH
     print(f"    C-client limit: {rate:,.0f} entries/s", flush=True)

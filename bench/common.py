@@ -81,9 +81,25 @@ IO_COUNTERS = ("total_reads_processed", "total_writes_processed", "total_net_inp
                "total_net_output_bytes", "total_connections_received", "total_commands_processed")
 
 
-def io_counters(client: redis.Redis) -> Dict[str, float]:
+def server_pid(client: redis.Redis) -> Optional[int]:
+    """The server's process id when it runs on this machine (its /proc entry is readable)."""
+    pid = client.info("server").get("process_id")
+    return int(pid) if pid is not None and os.path.exists(f"/proc/{pid}/task/{pid}/status") else None
+
+
+def io_counters(client: redis.Redis, pid: Optional[int] = None) -> Dict[str, float]:
+    """The IO_COUNTERS, and with the `pid` of a local server its main thread's context switches
+    from /proc: voluntary (it went to wait for work) and involuntary (it was preempted: something
+    else wanted its core)."""
     info = client.info("stats")
-    return {name: float(info[name]) for name in IO_COUNTERS if name in info}
+    counters = {name: float(info[name]) for name in IO_COUNTERS if name in info}
+    if pid is not None:
+        with open(f"/proc/{pid}/task/{pid}/status") as status:
+            for line in status:
+                if "ctxt_switches" in line:
+                    name, value = line.split(":", 1)
+                    counters["server_" + name.strip()] = float(value)
+    return counters
 
 
 def command_delta(before: Sequence[CommandStats], after: Sequence[CommandStats]) -> CommandStats:
@@ -116,11 +132,12 @@ class Window:
         self.cpu1: List[float] = []
         self.stats0: List[CommandStats] = []
         self.stats1: List[CommandStats] = []
+        self.pids = [server_pid(server) for server in self.servers]
         self.io0: List[Dict[str, float]] = []
         self.io1: List[Dict[str, float]] = []
 
     def open(self) -> None:
-        self.io0 = [io_counters(server) for server in self.servers]
+        self.io0 = [io_counters(server, pid) for server, pid in zip(self.servers, self.pids)]
         self.stats0 = [command_stats(server) for server in self.servers]
         self.cpu0 = [server_cpu_s(server) for server in self.servers]
         self.own0 = time.process_time()
@@ -131,7 +148,7 @@ class Window:
         self.own1 = time.process_time()
         self.cpu1 = [server_cpu_s(server) for server in self.servers]
         self.stats1 = [command_stats(server) for server in self.servers]
-        self.io1 = [io_counters(server) for server in self.servers]
+        self.io1 = [io_counters(server, pid) for server, pid in zip(self.servers, self.pids)]
 
     def result(self, entries: int) -> Dict[str, Any]:
         seconds = self.t1 - self.t0

@@ -193,6 +193,10 @@ def io_rows(label: str, summary: Dict[str, Any], count: int, probe: float) -> Li
         if name in io:
             events = io[name] - own
             rows.append([label, what, f"{events:,.0f}", f"{events / count * 500:.2f}", "", ""])
+    for name, what in (("server_voluntary_ctxt_switches", "server main thread: waits (voluntary switches)"),
+                       ("server_nonvoluntary_ctxt_switches", "server main thread: preempted (involuntary)")):
+        if name in io:
+            rows.append([label, what, f"{io[name]:,.0f}", f"{io[name] / count * 500:.2f}", "", ""])
     for name, what in (("total_net_input_bytes", "bytes in per entry"),
                        ("total_net_output_bytes", "bytes out per entry")):
         if name in io:

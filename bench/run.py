@@ -92,7 +92,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(f"\n{table.render()}\n\nload average {machine['load_average']:.2f} at start, "
           f"{machine['load_average_end']:.2f} at end; server CPU is its {machine['server_cpu_scope']} "
           "(us per entry, and busy = CPU s / wall s); rates are medians of "
-          f"{sizes.repeat} run(s) where repeated ({sizes.streams_repeat} in cases 6 and 7)")
+          f"{sizes.repeat} run(s) where repeated ({sizes.drain_repeat} in case 1, {sizes.streams_repeat} in "
+          "cases 6 and 7)")
     breakdown = command_breakdown(results)
     if breakdown:
         print("\ncase 1, server time per command (INFO commandstats over each window, medians):\n"
