@@ -18,7 +18,7 @@ import shlex
 import sys
 import threading
 from pathlib import Path
-from typing import Any, Counter, Dict, List, Optional
+from typing import Any, Counter, Dict, List, Optional, Set
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -83,12 +83,15 @@ def kind(line: str) -> str:
 def tally(lines: List[str]) -> Dict[str, Any]:
     kinds: Counter[str] = collections.Counter()
     ack_sizes: List[int] = []
+    acked: Set[str] = set()
     for line in lines:
         what = kind(line)
         kinds[what] += 1
         if what == "XACK":
-            ack_sizes.append(len(shlex.split(line.partition(" ")[2])) - 3)
-    return {"kinds": dict(kinds.most_common()), "xack_ids": ack_sizes}
+            ids = shlex.split(line.partition(" ")[2])[3:]
+            ack_sizes.append(len(ids))
+            acked.update(ids)
+    return {"kinds": dict(kinds.most_common()), "xack_ids": ack_sizes, "distinct_acked": len(acked)}
 
 
 def run_variant(server_url: str, client: redis.Redis, label: str, variant: str, env: Dict[str, str],
@@ -126,7 +129,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             sizes = sorted(result["xack_ids"])
             if sizes:
                 print(f"  XACK ids per call: min {sizes[0]}, median {sizes[len(sizes) // 2]}, "
-                      f"max {sizes[-1]}, mean {sum(sizes) / len(sizes):.0f}")
+                      f"max {sizes[-1]}, mean {sum(sizes) / len(sizes):.0f}; {sum(sizes):,} ids sent, "
+                      f"{result['distinct_acked']:,} distinct")
         client.close()
     return 0
 
