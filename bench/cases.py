@@ -19,8 +19,10 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import redis
 
 from bench.cluster import local_cluster, streams_on_every_master
-from bench.common import (BATCH, READY_MARK, REPO_ROOT, BenchError, child_command, child_env, median,
-                          new_group, parse_result, prefill, run_child, server_cpu_s)
+from bench import c_consumer
+from bench.common import (BATCH, READY_MARK, REPO_ROOT, BenchError, child_command, child_env, command_delta,
+                          command_stats, io_counters, median, new_group, parse_result, prefill, run_child,
+                          server_cpu_s, server_pid)
 
 IO_SLEEP_MS = 1.0
 IO_CONCURRENCY = 64
@@ -38,6 +40,7 @@ class Sizes:
     latency_rate: int          # case 3 entries/s
     memory: Tuple[int, int]    # case 4 backlogs, small and large
     repeat: int                # runs of each fast variant (median reported)
+    drain_repeat: int          # rounds of case 1 (its ratios are the issue's targets)
     c_client_requests: int     # redis-benchmark -n
     decode_seconds: float      # case 0 time budget per module
     streams: int               # case 6 entries in all, split over STREAMS streams
@@ -46,11 +49,11 @@ class Sizes:
 
 
 FULL = Sizes(drain=200_000, io=20_000, latency_seconds=10.0, latency_rate=5000,
-             memory=(100_000, 1_000_000), repeat=3, c_client_requests=2000, decode_seconds=1.0,
-             streams=200_000, cluster=200_000, streams_repeat=7)
+             memory=(100_000, 1_000_000), repeat=3, drain_repeat=7, c_client_requests=2000,
+             decode_seconds=1.0, streams=200_000, cluster=200_000, streams_repeat=7)
 QUICK = Sizes(drain=20_000, io=4_000, latency_seconds=2.0, latency_rate=5000,
-              memory=(10_000, 100_000), repeat=1, c_client_requests=400, decode_seconds=0.3,
-              streams=20_000, cluster=20_000, streams_repeat=1)
+              memory=(10_000, 100_000), repeat=1, drain_repeat=1, c_client_requests=400,
+              decode_seconds=0.3, streams=20_000, cluster=20_000, streams_repeat=1)
 
 # (label, bench.drain variant, extra environment). "0" is not "1": the selector loads the extension.
 DRAIN_VARIANTS: List[Tuple[str, str, Dict[str, str]]] = [
@@ -59,6 +62,11 @@ DRAIN_VARIANTS: List[Tuple[str, str, Dict[str, str]]] = [
     ("redis-py loop", "redis-py", {}),
     ("walrus ConsumerGroup", "walrus", {}),
 ]
+C_CONSUMER = "C consumer (hiredis)"  # case 1's anchor, when bench/c_consumer.c builds
+# A control: the same C consumer, its handler spinning CONTROL_SPIN_NS per entry, about the client
+# CPU rstream spends beyond the C consumer's: the same wire work at rstream's client cost.
+CONTROL_SPIN_NS = 1000
+C_CONTROL = f"C consumer + {CONTROL_SPIN_NS / 1000:g} us/entry spin (control)"
 
 
 @dataclasses.dataclass
@@ -93,19 +101,21 @@ class Context:
 
 
 def drain(ctx: Context, stream: str, count: int, variant: str, env: Dict[str, str],
-          label: str, sleep_ms: float = 0.0, concurrency: int = 8) -> Dict[str, Any]:
+          label: str, sleep_ms: float = 0.0, concurrency: int = 8, extra: Sequence[str] = ()) -> Dict[str, Any]:
     """One child that drains `count` entries of `stream` through a new group."""
     return drain_group(ctx, [stream], ctx.group(stream, label), count, variant, env, label,
-                       sleep_ms=sleep_ms, concurrency=concurrency)
+                       sleep_ms=sleep_ms, concurrency=concurrency, extra=extra)
 
 
 def drain_group(ctx: Context, streams: Sequence[str], group: str, count: int, variant: str,
                 env: Dict[str, str], label: str, sleep_ms: float = 0.0, concurrency: int = 8,
-                url: Optional[str] = None, cluster: bool = False) -> Dict[str, Any]:
+                url: Optional[str] = None, cluster: bool = False,
+                extra: Sequence[str] = ()) -> Dict[str, Any]:
     """One child that drains `count` entries in all of `streams` through `group` (on each), on
-    the harness's server or the one at `url` (a cluster node when `cluster`)."""
+    the harness's server or the one at `url` (a cluster node when `cluster`); `extra`: more
+    arguments for bench.drain."""
     args = [variant, "--url", url or ctx.url, "--group", group, "--count", str(count),
-            "--sleep-ms", str(sleep_ms), "--concurrency", str(concurrency)]
+            "--sleep-ms", str(sleep_ms), "--concurrency", str(concurrency), *extra]
     for stream in streams:
         args += ["--stream", stream]
     if cluster:
@@ -132,12 +142,24 @@ def timeline(ctx: Context, label: str, result: Dict[str, Any]) -> str:
 def summarize(runs: List[Dict[str, Any]]) -> Dict[str, Any]:
     """Medians of the runs' numbers, plus the runs themselves."""
     keys = ("rate", "seconds", "server_cpu_us_per_entry", "server_busy", "server_busy_max",
-            "client_cpu_us_per_entry", "peak_rss_mb", "rate_from_first_delivery", "first_delivery_s")
+            "client_cpu_us_per_entry", "peak_rss_mb", "rate_from_first_delivery", "first_delivery_s",
+            "probe_xpending_calls")
     summary: Dict[str, Any] = {key: median([run[key] for run in runs]) for key in keys if key in runs[0]}
+    if "commands" in runs[0]:
+        summary["commands"] = median_commands([run["commands"] for run in runs])
+    if "io" in runs[0]:
+        summary["io"] = {name: median([run["io"][name] for run in runs]) for name in runs[0]["io"]}
     summary["runs"] = runs
     if "implementation" in runs[0]:
         summary["implementation"] = sorted({run["implementation"] for run in runs})
     return summary
+
+
+def median_commands(deltas: List[Dict[str, Dict[str, float]]]) -> Dict[str, Dict[str, float]]:
+    """Per command, the median over runs of its calls and of its usec (0 in a run without it)."""
+    names = sorted({name for delta in deltas for name in delta})
+    return {name: {field: median([delta.get(name, {}).get(field, 0.0) for delta in deltas])
+                   for field in ("calls", "usec")} for name in names}
 
 
 def case_decode(ctx: Context) -> Dict[str, Any]:
@@ -146,18 +168,30 @@ def case_decode(ctx: Context) -> Dict[str, Any]:
 
 
 def case_drain(ctx: Context) -> Dict[str, Any]:
-    """1. Drain a pre-filled backlog with a no-op handler: rstream both paths, peers, the C client."""
+    """1. Drain a pre-filled backlog with a no-op handler: rstream both paths, peers, the C consumer."""
     count, stream = ctx.sizes.drain, "bench:drain"
     prefill(ctx.client, stream, count)
     history = c_client_group(ctx, stream)
-    runs: Dict[str, List[Dict[str, Any]]] = {label: [] for label, _, _ in DRAIN_VARIANTS}
+    variants = list(DRAIN_VARIANTS)
+    binary, built = c_consumer.build()
+    print(f"    C consumer: {built}", flush=True)
+    if binary is None:
+        ctx.notes.append(f"case 1: C consumer (hiredis) skipped: {built}")
+    else:
+        variants[1:1] = [(C_CONSUMER, "c-consumer", {}),  # back to back with rstream compiled
+                         (C_CONTROL, "c-consumer", {})]
+    runs: Dict[str, List[Dict[str, Any]]] = {label: [] for label, _, _ in variants}
     limits: List[Dict[str, Any]] = []
-    for _ in range(ctx.sizes.repeat):
-        for label, variant, env in DRAIN_VARIANTS:
-            runs[label].append(drain(ctx, stream, count, variant, env, label))
+    for _ in range(ctx.sizes.drain_repeat):
+        for label, variant, env in variants:
+            extra = ["--c-binary", binary] if variant == "c-consumer" and binary else []
+            if label == C_CONTROL:
+                extra += ["--c-spin-ns", str(CONTROL_SPIN_NS)]
+            runs[label].append(drain(ctx, stream, count, variant, env, label, extra=extra))
         if history is not None:
             limits.append(c_client_limit(ctx, stream, history))
     result: Dict[str, Any] = {"entries": count, "variants": {label: summarize(r) for label, r in runs.items()},
+                              "c_consumer_build": built,
                               "c_client": summarize(limits) if limits else {"skipped": "no redis-benchmark"}}
     ctx.client.delete(stream)
     return result
@@ -183,14 +217,19 @@ def c_client_limit(ctx: Context, stream: str, group: str) -> Dict[str, Any]:
     command = [ctx.redis_benchmark, "-h", str(where["host"]), "-p", str(where["port"]), "-c", "1", "-P", "2",
                "-n", str(requests), "--csv", "XREADGROUP", "GROUP", group, "c", "COUNT", str(BATCH),
                "STREAMS", stream, "0"]
+    pid = server_pid(ctx.client)
+    io0, stats0 = io_counters(ctx.client, pid), [command_stats(ctx.client)]
     cpu0 = server_cpu_s(ctx.client)
     proc = subprocess.run(command, capture_output=True, text=True, timeout=300)
     cpu = server_cpu_s(ctx.client) - cpu0
+    commands = command_delta(stats0, [command_stats(ctx.client)])
+    io1 = io_counters(ctx.client, pid)
     rps = parse_benchmark_csv(proc.stdout, proc.stderr)
     entries, rate = requests * BATCH, rps * BATCH
     print(f"    C-client limit: {rate:,.0f} entries/s", flush=True)
     return {"rate": rate, "requests_per_s": rps, "requests": requests, "entries_read": entries,
             "server_cpu_us_per_entry": cpu / entries * 1e6, "server_busy": cpu / (entries / rate),
+            "commands": commands, "io": {name: io1[name] - io0[name] for name in io1},
             "command": " ".join(["redis-benchmark", *command[1:]])}
 
 

@@ -65,10 +65,63 @@ def server_cpu_scope(client: redis.Redis) -> str:
     return "main thread" if "used_cpu_sys_main_thread" in client.info("cpu") else "process"
 
 
+CommandStats = Dict[str, Dict[str, float]]  # command -> {"calls": n, "usec": n}
+
+
+def command_stats(client: redis.Redis) -> CommandStats:
+    """INFO commandstats: calls and microseconds in each command so far. Commands a script runs
+    count as well as the EVAL (whose usec includes theirs)."""
+    return {name[len("cmdstat_"):]: {"calls": float(stat["calls"]), "usec": float(stat["usec"])}
+            for name, stat in client.info("commandstats").items()}
+
+
+# INFO stats counters that say how the work reached the server: read and write events it handled
+# (a pipelined write is one read event), bytes each way, connections opened.
+IO_COUNTERS = ("total_reads_processed", "total_writes_processed", "total_net_input_bytes",
+               "total_net_output_bytes", "total_connections_received", "total_commands_processed")
+
+
+def server_pid(client: redis.Redis) -> Optional[int]:
+    """The server's process id when it runs on this machine (its /proc entry is readable)."""
+    pid = client.info("server").get("process_id")
+    return int(pid) if pid is not None and os.path.exists(f"/proc/{pid}/task/{pid}/status") else None
+
+
+def io_counters(client: redis.Redis, pid: Optional[int] = None) -> Dict[str, float]:
+    """The IO_COUNTERS, and with the `pid` of a local server its main thread's context switches
+    from /proc: voluntary (it went to wait for work) and involuntary (it was preempted: something
+    else wanted its core)."""
+    info = client.info("stats")
+    counters = {name: float(info[name]) for name in IO_COUNTERS if name in info}
+    if pid is not None:
+        with open(f"/proc/{pid}/task/{pid}/status") as status:
+            for line in status:
+                if "ctxt_switches" in line:
+                    name, value = line.split(":", 1)
+                    counters["server_" + name.strip()] = float(value)
+    return counters
+
+
+def command_delta(before: Sequence[CommandStats], after: Sequence[CommandStats]) -> CommandStats:
+    """Calls and usec per command between two readings of each server, summed over servers."""
+    delta: CommandStats = {}
+    for old, new in zip(before, after):
+        for name, stat in new.items():
+            was = old.get(name, {"calls": 0.0, "usec": 0.0})
+            calls, usec = stat["calls"] - was["calls"], stat["usec"] - was["usec"]
+            if calls:
+                total = delta.setdefault(name, {"calls": 0.0, "usec": 0.0})
+                total["calls"] += calls
+                total["usec"] += usec
+    return delta
+
+
 class Window:
     """Wall time, server CPU and this process's CPU (every thread) between open() and close() of
-    one measured run. `servers`: the servers whose CPU counts (default the probe's; every master
-    of a cluster), summed."""
+    one measured run, and the server's INFO commandstats and I/O counters (INFO stats) around it,
+    read outside the CPU readings: within them the probe itself adds its 4 INFO calls (4 read and
+    4 write events) and, in rstream's windows, its XPENDING calls. `servers`:
+    the servers whose CPU counts (default the probe's; every master of a cluster), summed."""
 
     def __init__(self, probe: Any, servers: Optional[Sequence[redis.Redis]] = None) -> None:
         self.probe = probe
@@ -77,8 +130,15 @@ class Window:
         self.own0 = self.own1 = 0.0
         self.cpu0: List[float] = []
         self.cpu1: List[float] = []
+        self.stats0: List[CommandStats] = []
+        self.stats1: List[CommandStats] = []
+        self.pids = [server_pid(server) for server in self.servers]
+        self.io0: List[Dict[str, float]] = []
+        self.io1: List[Dict[str, float]] = []
 
     def open(self) -> None:
+        self.io0 = [io_counters(server, pid) for server, pid in zip(self.servers, self.pids)]
+        self.stats0 = [command_stats(server) for server in self.servers]
         self.cpu0 = [server_cpu_s(server) for server in self.servers]
         self.own0 = time.process_time()
         self.t0 = time.perf_counter()
@@ -87,6 +147,8 @@ class Window:
         self.t1 = time.perf_counter()
         self.own1 = time.process_time()
         self.cpu1 = [server_cpu_s(server) for server in self.servers]
+        self.stats1 = [command_stats(server) for server in self.servers]
+        self.io1 = [io_counters(server, pid) for server, pid in zip(self.servers, self.pids)]
 
     def result(self, entries: int) -> Dict[str, Any]:
         seconds = self.t1 - self.t0
@@ -95,7 +157,11 @@ class Window:
         result: Dict[str, Any] = {"entries": entries, "seconds": seconds, "rate": entries / seconds,
                                   "server_cpu_s": cpu, "server_cpu_us_per_entry": cpu / entries * 1e6,
                                   "server_busy": cpu / seconds,
-                                  "client_cpu_us_per_entry": (self.own1 - self.own0) / entries * 1e6}
+                                  "client_cpu_us_per_entry": (self.own1 - self.own0) / entries * 1e6,
+                                  "commands": command_delta(self.stats0, self.stats1),
+                                  "io": {name: sum(after[name] - before[name]
+                                                   for before, after in zip(self.io0, self.io1))
+                                         for name in self.io1[0]}}
         if len(each) > 1:  # several servers: busy is their sum; the busiest one said apart
             result["server_busy_each"] = [node / seconds for node in each]
             result["server_busy_max"] = max(each) / seconds

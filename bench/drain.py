@@ -1,8 +1,8 @@
 """Child program: drain `--count` pre-filled entries through one consumer group and report.
 
-    python -m bench.drain {rstream,redis-py,walrus} --url URL --stream S [--stream S2 ...]
+    python -m bench.drain {rstream,redis-py,walrus,c-consumer} --url URL --stream S [--stream S2 ...]
                           --group G --count N [--sleep-ms MS] [--concurrency C] [--timeout S]
-                          [--cluster]
+                          [--cluster] [--c-binary PATH]
 
 The handler is a no-op, or sleeps `--sleep-ms` (an I/O-bound handler). The timed window runs from
 just before the first read (rstream: just before `start()`) until the server has acknowledged all
@@ -14,11 +14,21 @@ Several `--stream`s (group G on each, `count` entries over all of them): rstream
 (`STREAMS a b c > > >`, COUNT 500 per stream) and one XACK per stream per reply. `--cluster`:
 `--url` is a node of a Redis Cluster; rstream gets a `RedisCluster` client and the server CPU is
 summed over the masters (rstream only: no single command may carry keys of several slots).
+
+`c-consumer` runs the hiredis program built from bench/c_consumer.c (`--c-binary`, see
+bench/c_consumer.py): rstream's wire work in C. It times itself (from just before its first write
+until its XACK replies have counted every entry) and reports its own CPU (getrusage); this
+process only measures the server around it, as for the other variants.
+
+The result also carries the server's INFO commandstats delta over the window (`commands`) and how
+many XPENDING calls this harness made in it (`probe_xpending_calls`: the drained-yet check, not
+the consumer's).
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import subprocess
 import threading
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -26,7 +36,8 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import redis
 from redis.cluster import RedisCluster
 
-from bench.common import BATCH, POLL_S, BenchError, Window, emit, peak_rss_mb, rss_mb
+from bench.common import (BATCH, POLL_S, READY_MARK, BenchError, Window, emit, parse_result, peak_rss_mb,
+                          rss_mb)
 
 Handler = Callable[[Any], None]
 READ_BLOCK_MS = 1000
@@ -106,6 +117,7 @@ def drained(consumer: Any, args: argparse.Namespace, window: Window, marks: Dict
     if delivered < args.count:
         return False
     marks.setdefault("all_delivered_s", now)
+    marks["probe_xpending_calls"] = marks.get("probe_xpending_calls", 0) + len(args.streams)
     return pending(window.probe, args) == 0
 
 
@@ -177,10 +189,41 @@ def drain_walrus(args: argparse.Namespace, handler: Handler, window: Window) -> 
     return {"walrus": walrus.__version__}
 
 
+def drain_c(args: argparse.Namespace, handler: Handler, window: Window) -> Dict[str, Any]:
+    """The C consumer (bench/c_consumer.c): its own wall time and CPU replace this process's;
+    the window here only brackets it for the server's CPU and commandstats."""
+    if args.c_binary is None or args.cluster or len(args.streams) != 1:
+        raise BenchError("the C consumer needs --c-binary and drains one stream of one server")
+    where = window.probe.connection_pool.connection_kwargs
+    command = [args.c_binary, str(where["host"]), str(where["port"]), args.streams[0], args.group,
+               "bench-c", str(args.count), str(args.timeout), str(args.c_spin_ns)]
+    proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        ready = proc.stdout.readline().strip()
+        if ready != READY_MARK:  # it failed to connect: its stderr says why
+            stdout, stderr = proc.communicate(timeout=30)
+            return parse_result("c_consumer", proc.returncode, ready + stdout, stderr)
+        window.open()
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        stdout, stderr = proc.communicate(timeout=args.timeout + 30)
+        window.close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    own = parse_result("c_consumer", proc.returncode, stdout, stderr)
+    own["window_seconds"] = window.t1 - window.t0  # the handshake included: the server idles in it
+    return own
+
+
 DRAINERS: Dict[str, Callable[[argparse.Namespace, Handler, Window], Dict[str, Any]]] = {
     "rstream": drain_rstream,
     "redis-py": drain_redis_py,
     "walrus": drain_walrus,
+    "c-consumer": drain_c,
 }
 
 
@@ -196,6 +239,9 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--timeout", type=float, default=300.0)
     parser.add_argument("--cluster", action="store_true", help="--url is a Redis Cluster node")
+    parser.add_argument("--c-binary", help="the built C consumer (c-consumer variant)")
+    parser.add_argument("--c-spin-ns", type=float, default=0.0,
+                        help="the C consumer's handler spins this long per entry (a control)")
     return parser.parse_args(argv)
 
 
@@ -218,8 +264,12 @@ def main(argv: Optional[List[str]] = None) -> None:
     left = pending(probe, args)
     if left:
         raise BenchError(f"{args.variant}: {left} entries still pending after the drain")
+    # The C consumer's own timing and CPU (in `extra`) replace this process's.
     result = {"variant": args.variant, "streams": len(args.streams), **window.result(args.count),
               "rss_before_mb": rss_before, "peak_rss_mb": peak_rss_mb(), **extra}
+    if args.variant == "c-consumer":  # and this wrapper's memory is not the C process's
+        result["server_busy"] = result["server_cpu_s"] / result["seconds"]
+        del result["rss_before_mb"], result["peak_rss_mb"]
     if "first_delivery_s" in extra:  # the rate without rstream's startup (threads, connections)
         result["rate_from_first_delivery"] = args.count / (window.t1 - window.t0 - extra["first_delivery_s"])
     emit(result)

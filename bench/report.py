@@ -7,6 +7,8 @@ import operator
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
+from bench.cases import C_CONSUMER, C_CONTROL
+
 Row = List[str]
 HEADER: Row = ["case", "measurement", "result", "server CPU/entry, busy", "target", "status"]
 
@@ -97,19 +99,119 @@ def add_drain(table: Table, result: Dict[str, Any]) -> None:
     for label, summary in variants.items():
         loaded = summary.get("implementation")
         suffix = f" [{','.join(loaded)}]" if loaded else ""
-        table.add(case, label + suffix, rate(summary["rate"]), server(summary))
+        table.add(case, label + suffix, rate_and_client(summary), server(summary))
         add_startup(table, case, summary)
     limit = result["c_client"]
     if "rate" in limit:
-        table.add(case, "C-client limit (redis-benchmark)", rate(limit["rate"]), server(limit))
-    compiled, pure = variants["rstream compiled"]["rate"], variants["rstream pure-Python"]["rate"]
-    loop, walrus = variants["redis-py loop"]["rate"], variants["walrus ConsumerGroup"]["rate"]
-    table.judge(case, Target("compiled / redis-py loop", compiled / loop, 2.0, True), ratio(compiled / loop))
+        table.add(case, "C-client limit: redis-benchmark -P 2 re-reading a pending list (reads, no acks)",
+                  rate(limit["rate"]), server(limit))
+    compiled, pure = variants["rstream compiled"], variants["rstream pure-Python"]
+    loop, walrus = variants["redis-py loop"], variants["walrus ConsumerGroup"]
+    anchor = variants.get(C_CONSUMER)
+    if anchor is not None:
+        table.judge(case, Target("compiled / C consumer", compiled["rate"] / anchor["rate"], 0.9, True),
+                    paired(compiled, anchor))
+        if "rate_from_first_delivery" in compiled:
+            table.add(case, "  same, compiled after startup / C consumer",
+                      ratio(compiled["rate_from_first_delivery"] / anchor["rate"]))
+    table.judge(case, Target("compiled / redis-py loop", compiled["rate"] / loop["rate"], 2.2, True),
+                paired(compiled, loop))
+    table.judge(case, Target("compiled client CPU (us/entry)", compiled["client_cpu_us_per_entry"], 1.2, False),
+                f"{compiled['client_cpu_us_per_entry']:.2f} us/entry")
+    if anchor is not None:
+        key = "server_cpu_us_per_entry"
+        over = compiled[key] / anchor[key]
+        table.judge(case, Target("compiled server CPU/entry / C consumer's", over, 1.05, False),
+                    f"{paired(compiled, anchor, key)}; {compiled[key]:.2f} vs {anchor[key]:.2f} us")
+    control = variants.get(C_CONTROL)
+    if control is not None:
+        table.add(case, "compiled / C consumer + spin (control)", paired(compiled, control))
     if "rate" in limit:
-        table.judge(case, Target("compiled / C-client limit", compiled / limit["rate"], 0.7, True),
-                    ratio(compiled / limit["rate"]))
-    table.judge(case, Target("pure / redis-py loop", pure / loop, 1.2, True), ratio(pure / loop))
-    table.add(case, "compiled / walrus", ratio(compiled / walrus))
+        table.judge(case, Target("compiled / C-client limit", compiled["rate"] / limit["rate"], 0.7, True),
+                    ratio(compiled["rate"] / limit["rate"]))
+    table.judge(case, Target("pure / redis-py loop", pure["rate"] / loop["rate"], 1.2, True),
+                paired(pure, loop))
+    table.add(case, "compiled / walrus", ratio(compiled["rate"] / walrus["rate"]))
+
+
+# Commands the harness's probe sends inside a window: INFO (cpu, commandstats) always; XPENDING
+# in rstream's windows (is the drain done?), counted by the child as `probe_xpending_calls`.
+PROBE_COMMANDS = ("info",)
+PROBE_INFO_CALLS = 4.0  # INFO commandstats, cpu, cpu, commandstats between the two INFO stats
+BREAKDOWN_HEADER: Row = ["variant", "command", "calls", "per 500 entries", "us/call", "us/entry"]
+
+
+def command_breakdown(results: Dict[str, Dict[str, Any]]) -> List[Row]:
+    """Case 1's server time per command (INFO commandstats over each window, medians of the
+    runs), per variant: how many calls per 500 entries and what each costs, then the sum of
+    command time against the server's CPU per entry (the rest is reading requests, writing
+    replies, the event loop)."""
+    drain = results.get("drain", {})
+    if "variants" not in drain:
+        return []
+    entries = drain["entries"]
+    named = dict(drain["variants"])
+    if "commands" in drain.get("c_client", {}):
+        limit = drain["c_client"]
+        named["C-client limit (redis-benchmark)"] = {**limit, "entries": limit["runs"][0]["entries_read"]}
+    rows: List[Row] = []
+    for label, summary in named.items():
+        commands = summary.get("commands")
+        if not commands:
+            continue
+        count = summary.get("entries", entries)
+        probe = summary.get("probe_xpending_calls", 0.0)
+        total = 0.0
+        for name, stat in sorted(commands.items(), key=lambda item: -item[1]["usec"]):
+            if name in PROBE_COMMANDS:
+                continue
+            calls = stat["calls"] - (probe if name == "xpending" else 0.0)
+            note = f" (+{probe:.0f} by the harness)" if name == "xpending" and probe else ""
+            total += stat["usec"]
+            rows.append([label, name, f"{calls:,.0f}{note}", f"{calls / count * 500:.2f}",
+                         f"{stat['usec'] / stat['calls']:.1f}" if stat["calls"] else "",
+                         f"{stat['usec'] / count:.3f}"])
+        cpu = summary["server_cpu_us_per_entry"]
+        rows.append([label, "all commands (EVAL includes its commands)", "", "", "", f"{total / count:.3f}"])
+        rows.append([label, "server CPU (INFO cpu)", "", "", "", f"{cpu:.3f}"])
+        rows.append([label, "CPU less command time (negative: preempted in commands)", "", "", "",
+                     f"{cpu - total / count:.3f}"])
+        rows += io_rows(label, summary, count, probe)
+    return rows
+
+
+def io_rows(label: str, summary: Dict[str, Any], count: int, probe: float) -> List[Row]:
+    """The server's read and write events (one per request write it read, one per reply write)
+    and bytes, less the harness probe's own (4 INFO calls, and its XPENDING calls)."""
+    io = summary.get("io")
+    if not io:
+        return []
+    own = PROBE_INFO_CALLS + probe if label != "C-client limit (redis-benchmark)" else 0.0
+    rows = []
+    for name, what in (("total_reads_processed", "server read events"),
+                       ("total_writes_processed", "server write events")):
+        if name in io:
+            events = io[name] - own
+            rows.append([label, what, f"{events:,.0f}", f"{events / count * 500:.2f}", "", ""])
+    for name, what in (("server_voluntary_ctxt_switches", "server main thread: waits (voluntary switches)"),
+                       ("server_nonvoluntary_ctxt_switches", "server main thread: preempted (involuntary)")):
+        if name in io:
+            rows.append([label, what, f"{io[name]:,.0f}", f"{io[name] / count * 500:.2f}", "", ""])
+    for name, what in (("total_net_input_bytes", "bytes in per entry"),
+                       ("total_net_output_bytes", "bytes out per entry")):
+        if name in io:
+            rows.append([label, what, f"{io[name] / count:.1f}", "", "", ""])
+    return rows
+
+
+def render_rows(header: Row, rows: List[Row]) -> str:
+    widths = [max(len(row[i]) for row in [header] + rows) for i in range(len(header))]
+    lines = [fmt_row(header, widths), fmt_row(["-" * w for w in widths], widths)]
+    last = None
+    for row in rows:
+        lines.append(fmt_row([""] + row[1:] if row[0] == last else row, widths))
+        last = row[0]
+    return "\n".join(lines)
 
 
 def add_startup(table: Table, case: str, summary: Dict[str, Any]) -> None:
@@ -181,11 +283,11 @@ def rate_and_client(summary: Dict[str, Any]) -> str:
     return f"{rate(summary['rate'])}, client CPU {summary['client_cpu_us_per_entry']:.2f} us/entry"
 
 
-def paired(over: Dict[str, Any], under: Dict[str, Any]) -> str:
-    """The ratio of two variants' median rates, and how it spread round by round: the variants
-    ran interleaved, so a round's two runs saw about the same neighbours."""
-    text = ratio(over["rate"] / under["rate"])
-    rounds = [a["rate"] / b["rate"] for a, b in zip(over.get("runs", []), under.get("runs", []))]
+def paired(over: Dict[str, Any], under: Dict[str, Any], key: str = "rate") -> str:
+    """The ratio of two variants' medians of `key` (the rate unless said), and how it spread round
+    by round: the variants ran interleaved, so a round's two runs saw about the same neighbours."""
+    text = ratio(over[key] / under[key])
+    rounds = [a[key] / b[key] for a, b in zip(over.get("runs", []), under.get("runs", []))]
     if len(rounds) > 1:
         text += (f" (round by round: median {ratio(median(rounds))}, "
                  f"{ratio(min(rounds))} to {ratio(max(rounds))})")
@@ -259,4 +361,5 @@ def document(meta: Dict[str, Any], machine: Dict[str, Any], results: Dict[str, D
              table: Table, notes: List[str], sizes: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     return {"meta": meta, "machine": machine, "sizes": sizes or {}, "cases": results,
             "targets": [target.as_json() for target in table.targets], "notes": notes,
-            "table": table.render().splitlines()}
+            "table": table.render().splitlines(),
+            "command_breakdown": render_rows(BREAKDOWN_HEADER, command_breakdown(results)).splitlines()}

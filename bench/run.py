@@ -3,7 +3,7 @@
     python bench/run.py [--quick] [--json out.json] [--redis-server PATH] [--cases drain,latency]
 
 Cases: 0 decode (compiled vs pure decode_entries), 1 drain a pre-filled backlog (rstream compiled and
-pure-Python, a redis-py loop, walrus, the redis-benchmark C-client limit), 2 I/O-bound handlers,
+pure-Python, the hiredis C consumer, a redis-py loop, walrus, the redis-benchmark C-client limit), 2 I/O-bound handlers,
 3 XADD -> handler latency, 4 consumer memory on a large backlog, 5 failover (bench/failover.py),
 6 streams: one backlog over 3 streams (rstream streams=[...], one stream, one XREADGROUP over all),
 7 cluster: those streams on a local 3-master Redis Cluster vs one server.
@@ -27,7 +27,7 @@ if __package__ in (None, ""):  # `python bench/run.py`: make `bench` and this ch
 from bench.cases import CASES, FULL, QUICK, Context  # noqa: E402
 from bench.common import REPO_ROOT, BenchError  # noqa: E402
 from bench.machine import describe, describe_line  # noqa: E402
-from bench.report import build_table, document, write_json  # noqa: E402
+from bench.report import BREAKDOWN_HEADER, build_table, command_breakdown, document, render_rows, write_json  # noqa: E402
 from rstream.embedded import EmbeddedServer, find_server_binary  # noqa: E402
 
 DEFAULT_JSON = REPO_ROOT / "bench" / "results" / "latest.json"
@@ -92,7 +92,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(f"\n{table.render()}\n\nload average {machine['load_average']:.2f} at start, "
           f"{machine['load_average_end']:.2f} at end; server CPU is its {machine['server_cpu_scope']} "
           "(us per entry, and busy = CPU s / wall s); rates are medians of "
-          f"{sizes.repeat} run(s) where repeated ({sizes.streams_repeat} in cases 6 and 7)")
+          f"{sizes.repeat} run(s) where repeated ({sizes.drain_repeat} in case 1, {sizes.streams_repeat} in "
+          "cases 6 and 7)")
+    breakdown = command_breakdown(results)
+    if breakdown:
+        print("\ncase 1, server time per command (INFO commandstats over each window, medians):\n"
+              + render_rows(BREAKDOWN_HEADER, breakdown))
     notes = ctx.all_notes()
     for note in notes:
         print(f"note: {note}")
