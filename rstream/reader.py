@@ -13,12 +13,13 @@ to two milliseconds to decode and hand over, so replies arriving that often keep
 busy instead of waiting on the network (40 ms of round trip: 27 reads, 13,500 entries on the
 wire, 330k entries/s at most). A link under `FAR_LINK_S` keeps two: two reads of 500 per round
 trip still carry 100k entries/s at 10 ms, and a read's time also holds this process's own work
-on the reads before it, several ms on a loaded machine, which must not pass for distance. The round trip is the fastest of the recent non-blocking
-reads (queueing on either side only makes a read slower). Slots bound it all: a read needs
-free in-flight slots, so the depth a far link gets is at most `max_in_flight / batch_size`
-reads. Without an explicit `max_in_flight` the window follows the depth (`window`): four
-batches on a near link, as many as the reads outstanding plus two on a far one, up to
-`MAX_AUTO_WINDOW_BATCHES`; a given `max_in_flight` is kept as it is.
+on the reads before it, several ms on a loaded machine, which must not pass for distance.
+The round trip is the fastest of the recent non-blocking reads (queueing on either side only
+makes a read slower). Slots bound it all: a read needs free in-flight slots, so the depth a
+far link gets is at most `max_in_flight / batch_size` reads. Without an explicit
+`max_in_flight` the window follows the depth (`window`): four batches on a near link, as many
+as the reads outstanding plus two on a far one, up to `MAX_AUTO_WINDOW_BATCHES`; a given
+`max_in_flight` is kept as it is.
 """
 from __future__ import annotations
 
