@@ -20,15 +20,19 @@ import weakref
 from typing import Any, Callable, Dict, List, Literal, NoReturn, Optional, Sequence, Set
 
 from .backoff import Backoff
+from .batches import BatchHandler
+from .batchpool import BatchPool
 from .connection import ConnectionFactory, Link, check_same_slot, client_from_option
-from .dispatch import WorkerPool
+from .dispatch import MessagePool, WorkerPool
 from .events import EventHandler, Events
 from .errors import (ConfigError, FatalRedisError, RedisUnavailable, RStreamError, StreamMissing,
                      WrongType)
 from .handlers import FailureHandler, Handler, is_async_callable
 from ._hotpath import IMPLEMENTATION
+from .keyedpool import KeyedPool
 from .lane import Lane, Stops, wait_all_idle
-from .options import DEFAULT_BATCH_SIZE, DEFAULT_CONCURRENCY, Options
+from .options import DEFAULT_BATCH_SIZE, DEFAULT_BATCH_TIMEOUT_MS, DEFAULT_CONCURRENCY, Options
+from .partition import PartitionBy
 from .redisio import StreamOps
 from .stats import Counters, Stats, snapshot
 from .supervise import Health, Loop
@@ -66,12 +70,14 @@ class Consumer:
                  delete_on_ack: bool = False,
                  concurrency: int = DEFAULT_CONCURRENCY,
                  batch_size: int = DEFAULT_BATCH_SIZE,
+                 batch_timeout: int = DEFAULT_BATCH_TIMEOUT_MS,
                  max_in_flight: Optional[int] = None,
                  handle_failure: Optional[FailureHandler] = None,
                  max_attempts: Optional[int] = None,
                  dead_letter_stream: Optional[str] = None,
                  start_timeout: Optional[int] = None,
                  on_event: Optional[EventHandler] = None,
+                 partition_by: Optional[PartitionBy] = None,
                  **unknown: NoReturn) -> None:
         self.options = Options.build(
             stream=stream, streams=streams, group=group, consumer_name=consumer_name,
@@ -79,9 +85,10 @@ class Consumer:
             make_stream=make_stream, receive_interval=receive_interval,
             heartbeat_interval=heartbeat_interval, allowed_missed_heartbeats=allowed_missed_heartbeats,
             delete_on_ack=delete_on_ack, concurrency=concurrency, batch_size=batch_size,
-            max_in_flight=max_in_flight, handle_failure=handle_failure, max_attempts=max_attempts,
+            batch_timeout=batch_timeout, max_in_flight=max_in_flight,
+            handle_failure=handle_failure, max_attempts=max_attempts,
             dead_letter_stream=dead_letter_stream, start_timeout=start_timeout, on_event=on_event,
-            **unknown)
+            partition_by=partition_by, **unknown)
         client = client_from_option(redis)
         o = self.options
         self._counters = Counters()
@@ -103,15 +110,13 @@ class Consumer:
         self._loops: List[Loop] = []
 
     # -- public API ---------------------------------------------------------------------------
-    def start(self, handler: Handler) -> "Consumer":
-        """Start consuming on background threads and return at once."""
+    def start(self, handler: Optional[Handler] = None, *,
+              handle_batch: Optional[BatchHandler] = None) -> "Consumer":
+        """Start consuming on background threads and return at once. Give `handler` (called
+        with each message) or `handle_batch` (called with a list of up to `batch_size`
+        messages of one stream; see `rstream.batches` for what it returns)."""
         self._refuse_if_forked()
-        if not callable(handler):
-            raise ConfigError(f"handler must be callable, got {handler!r}")
-        if is_async_callable(handler):
-            raise ConfigError(f"handler must be a plain (synchronous) function, got the async "
-                              f"{handler!r}: rstream runs handlers on threads and would never await "
-                              "it (write a def handler; call async code in it with asyncio.run())")
+        pool = self._pool_for(handler, handle_batch)
         with self._lifecycle:
             if self._state != "new":
                 raise RStreamError(f"this Consumer was already started (state: {self._state})")
@@ -119,7 +124,7 @@ class Consumer:
             self._started_in_pid = os.getpid()
             _started.add(self)
         try:
-            self._build(handler)
+            self._build(pool)
             self._prepare()
         except BaseException as exc:
             self._close_links()
@@ -139,14 +144,16 @@ class Consumer:
             self._on_fatal(self._fatal)
         return self
 
-    def run(self, handler: Handler, stop_timeout: float = DEFAULT_STOP_TIMEOUT_S) -> None:
-        """Consume until `stop()`, SIGINT or SIGTERM (on the main thread), then drain and return."""
+    def run(self, handler: Optional[Handler] = None, stop_timeout: float = DEFAULT_STOP_TIMEOUT_S,
+            *, handle_batch: Optional[BatchHandler] = None) -> None:
+        """Consume until `stop()`, SIGINT or SIGTERM (on the main thread), then drain and return.
+        `handler` or `handle_batch`: as for `start`."""
         self._refuse_if_forked()
         restore = self._install_signal_handlers()
         self._in_run = True
         try:
             try:
-                self.start(handler)
+                self.start(handler, handle_batch=handle_batch)
                 while not self._stop_requested.wait(0.5):
                     pass
             finally:
@@ -194,9 +201,11 @@ class Consumer:
                 raise ConfigError(f"stats(stream={stream!r}): not a stream of this consumer "
                                   f"({', '.join(map(repr, self.options.streams))})")
         built = lanes if self._built_lanes() else []
+        held = self._pool.waiting_retries(stream) if built else 0  # retries partition_by holds
         return snapshot([self._counters, *(lane.counters for lane in lanes)],
                         in_flight=sum(lane.ledger.in_flight for lane in built),
-                        waiting_retries=sum(lane.settlements.waiting_retries for lane in built),
+                        waiting_retries=held + sum(lane.settlements.waiting_retries
+                                                   for lane in built),
                         backlogs=[lane.backlog.get() for lane in lanes])
 
     @property
@@ -247,9 +256,32 @@ class Consumer:
         self._links.append(link)
         return StreamOps(link, lane.options)
 
-    def _build(self, handler: Handler) -> None:
+    def _pool_for(self, handler: Optional[Handler],
+                  handle_batch: Optional[BatchHandler]) -> WorkerPool:
+        """The pool that runs the user's handler or batch handler (not started), once both are
+        checked: exactly one of the two, callable, synchronous."""
+        o = self.options
+        if handler is not None and handle_batch is not None:
+            raise ConfigError("give a handler or handle_batch, not both")
+        if handle_batch is not None:
+            _check_handler("handle_batch", handle_batch)
+            if o.partition_by is not None:
+                raise ConfigError(
+                    "handle_batch cannot be used with partition_by: partition_by hands a key's "
+                    "messages over one at a time, in order, and a batch's failures would break "
+                    "that order (give a per-message handler, or no partition_by)")
+            return BatchPool(handle_batch, o.concurrency, o.batch_size, o.batch_timeout / 1000)
+        if handler is None:
+            raise ConfigError("start() and run() need a handler: start(handle) calls "
+                              "handle(message) for each message, start(handle_batch=handle) "
+                              "calls handle(messages) with a list of them")
+        _check_handler("handler", handler)
+        if o.partition_by is not None:
+            return KeyedPool(handler, o.concurrency, o.partition_by)
+        return MessagePool(handler, o.concurrency)
+
+    def _build(self, pool: WorkerPool) -> None:
         self._stops = stops = Stops()
-        pool = WorkerPool(handler, self.options.concurrency)
         # One Health per server, so an outage is logged once, not once per stream.
         health: Dict[str, Health] = {}
         for lane in self._lanes:
@@ -399,6 +431,15 @@ class Consumer:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
         return restore
+
+
+def _check_handler(what: str, handler: Any) -> None:
+    if not callable(handler):
+        raise ConfigError(f"{what} must be callable, got {handler!r}")
+    if is_async_callable(handler):
+        raise ConfigError(f"{what} must be a plain (synchronous) function, got the async "
+                          f"{handler!r}: rstream runs handlers on threads and would never await "
+                          "it (write a def handler; call async code in it with asyncio.run())")
 
 
 # Consumers that were ever started, so a forked child can tell which ones it holds dead copies of.

@@ -6,18 +6,26 @@ idle worker takes its share of what is queued (queued / concurrency, at least on
 handler on each message in turn, then reports the chunk's outcomes once, to the `ChunkDone`
 the batch was submitted with (each stream's own `rstream.outcomes.Outcomes`: a chunk is always
 a part of one submitted batch, so it holds entries of one stream).
+
+`WorkerPool` is what every pool shares (threads, submit, close, abandon); `MessagePool`, here,
+runs a handler per message. The two other kinds share its threads and its reports:
+`rstream.batchpool` (a batch handler, `handle_batch`) and `rstream.keyedpool` (`partition_by`:
+one message of a key at a time, in id order). The `Consumer` picks one at start.
 """
 from __future__ import annotations
 
+import abc
 import collections
 import threading
 import time
-from typing import Callable, Deque, List, Optional, Set, Tuple
+from typing import Callable, Deque, List, Optional, Protocol, Sequence, Set, Tuple
 
+from .batches import Failure
 from .handlers import reject_awaitable
 from .message import Message
 
-Failure = Tuple[Message, BaseException]
+# A failed message this process runs again itself, and when (unix ms): see `ChunkDone`.
+HeldRetry = Tuple[Message, int]
 
 # Waking a worker costs tens of microseconds (a lock hand-off and a GIL switch). A chunk should
 # carry at least that much handler work: fast handlers get whole batches, slow ones are spread
@@ -32,7 +40,63 @@ REPORT_EVERY = 128
 # The handler's cost per message is unknown until a chunk has run: assume slow, so the first
 # batch is spread over the workers.
 INITIAL_COST_S = 1e-3
-ChunkDone = Callable[[List[str], List[Failure]], None]
+
+
+class ChunkDone(Protocol):
+    """Where a worker reports (a stream's `Outcomes.completed`): `ok` returned, `failures`
+    raised, and `unhandled` were handed out but given up without running (at stop: their
+    slots come back, they stay pending). It answers with the failures that this process is to
+    run again itself, which only a `partition_by` consumer asks for (see `rstream.keyedpool`)."""
+
+    def __call__(self, ok: List[str], failures: List[Failure],
+                 unhandled: int = 0) -> Sequence[HeldRetry]: ...
+
+
+class WorkerPool(abc.ABC):
+    """`concurrency` named threads taking the work that `submit` queues; see the subclasses."""
+
+    def __init__(self, concurrency: int) -> None:
+        self._concurrency = concurrency
+        self._cond = threading.Condition()
+        self._closing = False
+        self._threads: List[threading.Thread] = []
+
+    def start(self) -> None:
+        for n in range(self._concurrency):
+            # Daemon threads: a handler that never returns must not keep the process alive.
+            thread = threading.Thread(target=self._work, name=f"rstream-worker-{n}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    @abc.abstractmethod
+    def submit(self, messages: List[Message], done: ChunkDone) -> None:
+        """Queue `messages` (of one stream) for the handler; their outcomes go to `done`."""
+
+    def close(self) -> None:
+        """Workers exit once the queue is empty; queued work is still done (drain)."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+
+    @abc.abstractmethod
+    def abandon(self) -> List[Message]:
+        """Drop what no worker has started (it stays pending on the server)."""
+
+    def waiting_retries(self, stream: Optional[str] = None) -> int:
+        """Failed messages this pool holds for a retry of its own (of `stream`, or of all)."""
+        return 0
+
+    def runs_on(self, thread: threading.Thread) -> bool:
+        """True if `thread` is one of this pool's workers (a handler is calling us)."""
+        return thread in self._threads
+
+    def join(self, deadline: float) -> None:
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+    @abc.abstractmethod
+    def _work(self) -> None:
+        """One worker thread's life: take work, run it, report, until closed."""
 
 
 class _Chunk:
@@ -49,30 +113,19 @@ class _Chunk:
         self.seen_at = time.monotonic()
 
 
-class WorkerPool:
-    """`concurrency` named threads running the user's handler over queued chunks."""
+class MessagePool(WorkerPool):
+    """Runs the user's handler on one message at a time, over queued chunks."""
 
     def __init__(self, handler: Callable[[Message], object], concurrency: int) -> None:
+        super().__init__(concurrency)
         self._handler = handler
-        self._concurrency = concurrency
-        self._cond = threading.Condition()
         # Batches in the order they came, each with where its outcomes go.
         self._queue: Deque[Tuple[List[Message], ChunkDone]] = collections.deque()
         self._queued = 0
         self._running: Set[_Chunk] = set()
-        self._closing = False
-        self._threads: List[threading.Thread] = []
         self._cost_s = INITIAL_COST_S  # moving average of handler seconds per message
 
-    def start(self) -> None:
-        for n in range(self._concurrency):
-            # Daemon threads: a handler that never returns must not keep the process alive.
-            thread = threading.Thread(target=self._work, name=f"rstream-worker-{n}", daemon=True)
-            thread.start()
-            self._threads.append(thread)
-
     def submit(self, messages: List[Message], done: ChunkDone) -> None:
-        """Queue `messages` for the handler; their outcomes are reported to `done`."""
         if not messages:
             return
         with self._cond:
@@ -80,14 +133,7 @@ class WorkerPool:
             self._queued += len(messages)
             self._cond.notify(min(-(-len(messages) // self._share()), self._concurrency))
 
-    def close(self) -> None:
-        """Workers exit once the queue is empty; queued work is still done (drain)."""
-        with self._cond:
-            self._closing = True
-            self._cond.notify_all()
-
     def abandon(self) -> List[Message]:
-        """Drop what no worker has started (it stays pending on the server)."""
         with self._cond:
             left = [m for batch, _ in self._queue for m in batch]
             for chunk in self._running:
@@ -97,14 +143,6 @@ class WorkerPool:
             self._closing = True
             self._cond.notify_all()
             return left
-
-    def runs_on(self, thread: threading.Thread) -> bool:
-        """True if `thread` is one of this pool's workers (a handler is calling us)."""
-        return thread in self._threads
-
-    def join(self, deadline: float) -> None:
-        for thread in self._threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
 
     def _take(self) -> Optional[_Chunk]:
         with self._cond:

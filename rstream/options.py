@@ -13,9 +13,12 @@ from . import _hotpath as hot
 from .errors import ConfigError
 from .events import EventHandler
 from .handlers import FailureHandler, is_async_callable
+from .partition import PartitionBy
 
 DEFAULT_CONCURRENCY = 8
 DEFAULT_BATCH_SIZE = 500
+# Broadway's default: how long a batch handler's batch may wait to fill up.
+DEFAULT_BATCH_TIMEOUT_MS = 1000
 # Stream ids Redis accepts for XGROUP CREATE besides explicit "ms-seq" ids.
 _SPECIAL_START_IDS = ("$", "0")
 
@@ -40,6 +43,8 @@ class Options:
     delete_on_ack: bool = False
     concurrency: int = DEFAULT_CONCURRENCY
     batch_size: int = DEFAULT_BATCH_SIZE
+    # With a batch handler: longest wait (ms) for a batch to fill up to batch_size.
+    batch_timeout: int = DEFAULT_BATCH_TIMEOUT_MS
     max_in_flight: Optional[int] = None
     handle_failure: Optional[FailureHandler] = None
     max_attempts: Optional[int] = None
@@ -47,6 +52,7 @@ class Options:
     # Longest wait in start()/run() for the server (ms); None retries forever.
     start_timeout: Optional[int] = None
     on_event: Optional[EventHandler] = None
+    partition_by: Optional[PartitionBy] = None
 
     @property
     def in_flight_limit(self) -> int:
@@ -94,7 +100,7 @@ class Options:
         for name in ("make_stream", "delete_on_ack"):
             _bool(name, getattr(self, name))
         for name in ("receive_interval", "heartbeat_interval", "allowed_missed_heartbeats",
-                     "concurrency", "batch_size"):
+                     "concurrency", "batch_size", "batch_timeout"):
             _positive_int(name, getattr(self, name))
         if self.max_in_flight is not None:
             _positive_int("max_in_flight", self.max_in_flight)
@@ -102,18 +108,8 @@ class Options:
                 raise ConfigError(
                     f"max_in_flight must be at least batch_size ({self.batch_size}), "
                     f"got {self.max_in_flight!r}")
-        if self.handle_failure is not None and not callable(self.handle_failure):
-            raise ConfigError(f"handle_failure must be callable or None, got {self.handle_failure!r}")
-        if is_async_callable(self.handle_failure):
-            raise ConfigError(f"handle_failure must be a plain (synchronous) function, got the async "
-                              f"{self.handle_failure!r}: rstream calls it on a thread and would never "
-                              "await it")
-        if self.on_event is not None and not callable(self.on_event):
-            raise ConfigError(f"on_event must be callable or None, got {self.on_event!r}")
-        if is_async_callable(self.on_event):
-            raise ConfigError(f"on_event must be a plain (synchronous) function, got the async "
-                              f"{self.on_event!r}: rstream calls it on a thread and would never "
-                              "await it")
+        for name in ("handle_failure", "on_event", "partition_by"):
+            _sync_callable(name, getattr(self, name))
         if self.max_attempts is not None:
             _positive_int("max_attempts", self.max_attempts)
         if self.start_timeout is not None:
@@ -167,6 +163,14 @@ def _name(option: str, value: Any) -> None:
 def _bool(option: str, value: Any) -> None:
     if not isinstance(value, bool):
         raise ConfigError(f"{option} must be a bool, got {type(value).__name__} {value!r}")
+
+
+def _sync_callable(option: str, value: Any) -> None:
+    if value is not None and not callable(value):
+        raise ConfigError(f"{option} must be callable or None, got {value!r}")
+    if is_async_callable(value):
+        raise ConfigError(f"{option} must be a plain (synchronous) function, got the async "
+                          f"{value!r}: rstream calls it on a thread and would never await it")
 
 
 def _positive_int(option: str, value: Any) -> None:

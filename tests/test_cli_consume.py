@@ -226,6 +226,7 @@ def test_children_stop_when_their_supervisor_is_killed(
 
 def test_every_consumer_option_has_a_flag_with_help() -> None:
     """The flags are made from Options: a new option gets a flag (and needs its help text)."""
-    own = {"stream", "streams", "group", "consumer_name", "handle_failure", "on_event"}
+    own = {"stream", "streams", "group", "consumer_name", "handle_failure", "on_event",
+           "partition_by"}
     assert set(option_flags()) == {f.name for f in dataclasses.fields(Options)} - own
     assert set(HELP) == set(option_flags())

@@ -390,3 +390,170 @@ def test_a_claim_answered_after_stop_began_is_not_handled_and_gives_its_grant_ba
     assert _claim_of(fake, ids[0]), "the claim was answered"
     assert attempts == [1]
     assert fake.pending_ids("me") == ids and not fake.acked
+
+
+# -- batch handlers and partition_by -------------------------------------------------------------
+BatchHandler = Callable[[List[Message]], Any]
+
+
+@pytest.fixture
+def start_batches(fake: FakeRedis) -> Iterator[Callable[..., FakeConsumer]]:
+    """Start a FakeConsumer with a batch handler (handle_batch=); stopped at teardown."""
+    made: List[FakeConsumer] = []
+
+    def run(handle_batch: BatchHandler, **options: Any) -> FakeConsumer:
+        consumer = FakeConsumer(fake, **{**DEFAULTS, **options})
+        made.append(consumer)
+        consumer.start(handle_batch=handle_batch)
+        return consumer
+
+    yield run
+    for consumer in made:
+        consumer.stop(DEADLINE_S)
+
+
+def _as_batch(handler: Handler) -> BatchHandler:
+    """A batch handler that fails the messages `handler` raises for, as (message, error) pairs."""
+    def handle_batch(batch: List[Message]) -> Any:
+        failed = []
+        for message in batch:
+            try:
+                handler(message)
+            except Exception as exc:  # noqa: BLE001 - the batch handler reports it
+                failed.append((message, exc))
+        return failed
+    return handle_batch
+
+
+def _recorder(batches: List[List[str]]) -> BatchHandler:
+    def handle_batch(batch: List[Message]) -> None:
+        batches.append([m.id for m in batch])
+    return handle_batch
+
+
+def test_a_batch_fills_up_across_small_reads_and_goes_when_full(
+        fake: FakeRedis, start_batches: Callable[..., FakeConsumer]) -> None:
+    """Entries trickling in 3 at a time (one short read each) make batches of exactly
+    batch_size, each in id order: with a far batch_timeout, only a full batch goes."""
+    batches: List[List[str]] = []
+    consumer = start_batches(_recorder(batches), batch_timeout=60_000, max_in_flight=40)
+    ids: List[str] = []
+
+    def delivered() -> bool:
+        return set(fake.pending_ids("me")) | set(fake.acked) >= set(ids)
+
+    for _ in range(10):
+        ids += fake.add(3)
+        wait_until(delivered, DEADLINE_S)  # each 3 came in a read of their own
+    wait_until(all_acked(fake, ids), DEADLINE_S)
+    assert batches == [ids[:10], ids[10:20], ids[20:]]
+    assert max(len(c.detail["ids"]) for c in fake.log("finish_read") if "ids" in c.detail) <= 3
+    stop_and_check(consumer)
+
+
+def test_a_partial_batch_goes_once_its_oldest_entry_waited_batch_timeout(
+        fake: FakeRedis, start_batches: Callable[..., FakeConsumer]) -> None:
+    """Fewer than batch_size entries are handed over as one batch after batch_timeout."""
+    batches: List[List[str]] = []
+    ids = fake.add(5)
+    consumer = start_batches(_recorder(batches), batch_timeout=50)
+    wait_until(all_acked(fake, ids), DEADLINE_S)
+    assert batches == [ids]
+    stop_and_check(consumer)
+
+
+def test_stop_flushes_a_batch_that_waits_to_fill_up(
+        fake: FakeRedis, start_batches: Callable[..., FakeConsumer]) -> None:
+    """stop() does not wait for batch_timeout (60 s here): the waiting batch is handled at once
+    and acked before the consumer stops."""
+    batches: List[List[str]] = []
+    ids = fake.add(5)
+    consumer = start_batches(_recorder(batches), batch_timeout=60_000)
+    ledger = consumer._lanes[0].ledger
+    wait_until(lambda: ledger.in_flight == 5, DEADLINE_S)
+    assert batches == []
+    began = time.monotonic()
+    stop_and_check(consumer)
+    assert time.monotonic() - began < DEADLINE_S
+    assert batches == [ids] and sorted(fake.acked) == sorted(ids)
+
+
+def test_a_retry_holds_its_key_back_even_when_the_entries_behind_it_hold_every_slot(
+        fake: FakeRedis, start: Start) -> None:
+    """partition_by, one key, max_in_flight == batch_size: while the first entry waits for its
+    retry the entries behind it take every slot and reading pauses. A retry that needed a new
+    slot (a claim by the reaper) would never get one; held by the worker, it runs when due, then
+    the rest, in id order, and everything is acked."""
+    ids = fake.add(40)
+    handled: List[str] = []
+
+    def handler(message: Message) -> None:
+        if message.id == ids[0] and message.attempt == 1:
+            message.metadata["retry_after"] = now_ms() + 200
+            raise RuntimeError("fails once")
+        handled.append(message.id)
+
+    consumer = start(handler, max_in_flight=10, max_attempts=3, partition_by=lambda m: "one")
+    ledger = consumer._lanes[0].ledger
+    wait_until(lambda: ledger.in_flight == 10 and consumer.stats().waiting_retries == 1,
+               DEADLINE_S, message="the window did not fill up behind the waiting retry")
+    assert handled == []
+    wait_until(all_acked(fake, ids), DEADLINE_S)
+    assert handled == ids
+    assert fake.log("claim") == []  # the retry never went through the reaper
+    stats = consumer.stats()
+    assert (stats.retried, stats.waiting_retries) == (1, 0)
+    stop_and_check(consumer)
+
+
+def test_stop_gives_up_a_key_waiting_for_a_far_retry_at_once_and_leaves_it_pending(
+        fake: FakeRedis, start: Start) -> None:
+    """At stop, a key whose retry is due in 60 s is given up: the retried entry and the ones behind
+    it stay pending (never acked), the other key's entries are handled and acked, and stop()
+    returns at once with nothing in flight."""
+    ids = fake.add(20)
+    key_a = set(ids[::2])
+
+    def handler(message: Message) -> None:
+        if message.id == ids[0]:
+            message.metadata["retry_after"] = now_ms() + 60_000
+            raise RuntimeError("fails")
+
+    consumer = start(handler, max_attempts=3,
+                     partition_by=lambda m: "a" if m.id in key_a else "b")
+    wait_until(lambda: set(fake.acked) == set(ids) - key_a, DEADLINE_S)
+    began = time.monotonic()
+    stop_and_check(consumer)
+    assert time.monotonic() - began < DEADLINE_S
+    assert set(fake.pending_ids("me")) == key_a and not key_a & set(fake.acked)
+
+
+# (pool, case): the failure cases of FAILURES above, with a batch handler and with partition_by.
+# With partition_by a retry is run again by its worker: no claim, so "claim raises" cannot fire.
+POOL_CASES = [(pool, case) for pool in ("batch", "partition_by") for case in FAILURES
+              if not (pool == "partition_by" and case == "claim raises")]
+
+
+@pytest.mark.parametrize("pool, case", POOL_CASES, ids=[f"{p}-{c}" for p, c in POOL_CASES])
+def test_the_in_flight_bound_holds_with_batches_and_with_partition_by(
+        pool: str, case: str, fake: FakeRedis, start: Start,
+        start_batches: Callable[..., FakeConsumer], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The failure table of the per-message pool, run with a batch handler (failures returned as
+    pairs) and with partition_by (5 keys): the bound holds at every call, every entry is acked,
+    and no grant leaks."""
+    name, error, nth, role, make_handler, options = FAILURES[case]
+    monkeypatch.setattr(settle, "BROKEN_HANDLER_RETRY_MS", 10)
+    if case == "read_own_page raises":
+        ids = fake.add_pending("me", 30, idle_ms=60_000) + fake.add(10)
+    else:
+        ids = fake.add(40)
+    fault = fake.fail(name, error, nth, role) if name else None
+    handler = make_handler(fake) if make_handler else (lambda m: None)
+    if pool == "batch":
+        consumer = start_batches(_as_batch(handler), max_in_flight=20, batch_timeout=20, **options)
+    else:
+        consumer = start(handler, max_in_flight=20, partition_by=lambda m: int(m.fields[b"n"]) % 5,
+                         **options)
+    wait_until(all_acked(fake, ids), DEADLINE_S, message=f"{pool} {case}: not every entry acked")
+    stop_and_check(consumer)
+    assert fault is None or fault.fired == 1

@@ -34,7 +34,7 @@ def _not_callable() -> object:
 # (option, bad value): wrong types, empty names, zero and negative counts and intervals.
 NAMES = ("stream", "group", "consumer_name")
 COUNTS = ("receive_interval", "heartbeat_interval", "allowed_missed_heartbeats", "concurrency",
-          "batch_size", "max_in_flight", "max_attempts", "start_timeout")
+          "batch_size", "batch_timeout", "max_in_flight", "max_attempts", "start_timeout")
 BOOLS = ("make_stream", "delete_on_ack")
 
 BAD: List[Tuple[str, Any]] = []
@@ -46,13 +46,14 @@ for _count in COUNTS:
 for _flag in BOOLS:
     BAD += [(_flag, "yes"), (_flag, 1), (_flag, 0), (_flag, None), (_flag, "")]
 for _flag in ("receive_interval", "heartbeat_interval", "allowed_missed_heartbeats",
-              "concurrency", "batch_size"):
+              "concurrency", "batch_size", "batch_timeout"):
     BAD.append((_flag, None))
 BAD += [
     ("group_start_id", ""), ("group_start_id", None), ("group_start_id", 0),
     ("group_start_id", "latest"), ("group_start_id", "-1"), ("group_start_id", "1-x"),
     ("group_start_id", "1-"), ("group_start_id", " 1-0"), ("group_start_id", "١-0"),
     ("handle_failure", "log_it"), ("handle_failure", 5), ("handle_failure", _not_callable()),
+    ("partition_by", "account"), ("partition_by", 5),
     ("dead_letter_stream", ""), ("dead_letter_stream", 5),
 ]
 
@@ -166,8 +167,8 @@ def test_every_keyword_parameter_reaches_the_options() -> None:
     given: Dict[str, Any] = dict(
         group_start_id="0", make_stream=True, receive_interval=7, heartbeat_interval=8,
         allowed_missed_heartbeats=9, delete_on_ack=True, concurrency=2, batch_size=3,
-        max_in_flight=30, handle_failure=on_failure, max_attempts=4, dead_letter_stream="dlq",
-        start_timeout=1500, on_event=print)
+        batch_timeout=20, max_in_flight=30, handle_failure=on_failure, max_attempts=4,
+        dead_letter_stream="dlq", start_timeout=1500, on_event=print, partition_by=repr)
     assert set(given) | {"streams"} == {p.name for p in _option_parameters()}, \
         "a new option needs a value here"
     options = rstream.Consumer(**_valid(**given)).options

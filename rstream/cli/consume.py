@@ -29,8 +29,10 @@ from .common import (EXIT_FAILED, EXIT_OK, Append, Parser, UsageError, add_redis
 log = logging.getLogger("rstream")
 
 # Options that are not plain flags: the names and the stream(s) have their own, the failure
-# handler and the event callback are imported from MODULE:FUNCTION like the handler.
-_OWN_FLAGS = ("stream", "streams", "group", "consumer_name", "handle_failure", "on_event")
+# handler, the event callback and the partition key are imported from MODULE:FUNCTION like the
+# handler.
+_OWN_FLAGS = ("stream", "streams", "group", "consumer_name", "handle_failure", "on_event",
+              "partition_by")
 # Set by the supervisor in each child: the child stops when its supervisor is gone.
 SUPERVISOR_ENV = "RSTREAM_SUPERVISOR_PID"
 PARENT_CHECK_S = 1.0
@@ -45,7 +47,8 @@ HELP = {
                                        "dead; its entries are claimed"),
     "delete_on_ack": ("", "XDEL each entry with its XACK"),
     "concurrency": ("N", "handler threads"),
-    "batch_size": ("N", "largest COUNT of one read"),
+    "batch_size": ("N", "largest COUNT of one read, and of a --batch handler's batch"),
+    "batch_timeout": ("MS", "with --batch: longest wait for a batch to fill up"),
     "max_in_flight": ("N", "most entries read and not yet handled, per stream (none: 4 x "
                            "batch-size)"),
     "max_attempts": ("N", "deliveries before a failing entry is dead-lettered or dropped"),
@@ -76,6 +79,12 @@ def register(commands: "argparse._SubParsersAction[Parser]") -> None:
                         help="called as function(message, error) for each failed message")
     parser.add_argument("--on-event", metavar="MODULE:FUNCTION",
                         help="called as function(event) for outages, claims, dead letters...")
+    parser.add_argument("--batch", action="store_true",
+                        help="MODULE:FUNCTION is a batch handler: called with a list of up to "
+                             "--batch-size messages (rstream's handle_batch)")
+    parser.add_argument("--partition-by", metavar="MODULE:FUNCTION",
+                        help="called as function(message) -> key: messages with the same key "
+                             "are handled one at a time, in stream-id order")
     for field in dataclasses.fields(Options):
         if field.name not in _OWN_FLAGS:
             _add_option_flag(parser, field)
@@ -172,13 +181,16 @@ def consume(args: argparse.Namespace) -> int:
         kwargs["handle_failure"] = load(args.handle_failure, "--handle-failure")
     if args.on_event is not None:
         kwargs["on_event"] = load(args.on_event, "--on-event")
+    if args.partition_by is not None:
+        kwargs["partition_by"] = load(args.partition_by, "--partition-by")
     try:
         consumer = Consumer(args.redis, **kwargs)
     except ConfigError as exc:
         raise UsageError(str(exc)) from None
     _stop_with_supervisor(consumer)
+    work = dict(handle_batch=handler) if args.batch else dict(handler=handler)
     try:
-        consumer.run(handler, stop_timeout=args.stop_timeout)
+        consumer.run(stop_timeout=args.stop_timeout, **work)
     except FatalRedisError as exc:
         print(f"rstream consume: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
