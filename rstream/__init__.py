@@ -12,6 +12,7 @@ ARCHITECTURE.md in the repository)::
     rstream.Consumer(redis="redis://localhost:6379/0", stream="orders", group="billing",
                      consumer_name="billing-1").run(handle)
 """
+from .batches import BatchFailed
 from .consumer import Consumer
 from .errors import (AuthenticationFailed, ConfigError, FatalRedisError, GroupMissing,
                      PermissionDenied, RedisOutOfMemory, RedisUnavailable, RStreamError,
@@ -24,7 +25,7 @@ from .stats import Stats
 
 __version__ = "0.1.0"
 
-__all__ = ["Consumer", "Producer", "Message", "Stats", "Event", "describe_stream",
+__all__ = ["Consumer", "Producer", "BatchFailed", "Message", "Stats", "Event", "describe_stream",
            "describe_streams", "RStreamError", "ConfigError", "TLSConfigError", "TransientError",
            "RedisUnavailable", "RedisOutOfMemory", "GroupMissing", "StreamMissing",
            "FatalRedisError", "AuthenticationFailed", "PermissionDenied", "WrongType",
