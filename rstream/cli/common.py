@@ -1,7 +1,7 @@
 """What every `rstream` subcommand shares: exit codes, one-line usage errors, `RSTREAM_*`
 environment variables as flag defaults, and argument types.
 
-Exit codes (SPEC section 10): 0 a clean run, 1 a runtime or fatal error, 2 a usage error (bad
+Exit codes (the README's Command line): 0 a clean run, 1 a runtime or fatal error, 2 a usage error (bad
 flags, printed as one line on stderr, not argparse's usage block).
 """
 from __future__ import annotations

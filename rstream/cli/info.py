@@ -4,7 +4,7 @@
 By default one block per stream: its length (and the dead-letter stream's), a table of its
 groups (pending, lag, last delivered id, age of the oldest pending entry) and one of their
 consumers (pending, idle, alive or dead by rstream's heartbeat rule). ``--json`` prints one JSON
-document instead: the report object of SPEC section 10 for one ``--stream``, a list of them, in
+document instead: the report of `rstream.inspection` (keys in its docstring) for one ``--stream``, a list of them, in
 the order given, for several. A bad URL, a missing stream or group, or a server that cannot be
 reached ends with one line on stderr and exit code 1.
 """
