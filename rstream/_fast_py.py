@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Iterable, List, Optional, Sequence, Tuple, Union
 
+import hiredis
+
 from rstream.message import Message
 
 IdLike = Union[str, bytes]
@@ -172,11 +174,230 @@ def _entry_id(raw_id: object, entry: object) -> str:
     raise ValueError(f"malformed stream entry: {_short_repr(entry)}")
 
 
-def ack_args(stream: Any, group: Any, ids: Iterable[Any]) -> List[Any]:
-    """``["XACK", stream, group, *ids]`` as a new list, ready for one packed command."""
-    args = ["XACK", stream, group]
-    args.extend(ids)
-    return args
+def pack_ack(stream: bytes, group: bytes, ids: Iterable[Any]) -> bytes:
+    """The RESP bytes of ``XACK stream group id...`` (``stream`` and ``group`` bytes, the ids
+    str or bytes), byte for byte what hiredis packs for the same arguments."""
+    args = ("XACK", stream, group, *ids)
+    for item in args[3:]:
+        if not isinstance(item, (str, bytes)):
+            raise TypeError(f"a stream id must be str or bytes, got {_short_repr(item)}")
+    packed: bytes = hiredis.pack_command(args)
+    return packed
+
+
+# Replies read straight from a connection's bytes (see rstream.wire).
+_NEED_MORE = -1
+
+def _scan(data: bytes, p: int, remaining: int) -> Tuple[int, int]:
+    """Step over whole RESP2 values from ``p`` while ``remaining`` are due (an array's items
+    are added to it): the offset after the last whole one, and how many are still due. Above
+    0, the buffer stops inside the value at that offset: call again from there once it grew."""
+    while remaining > 0:
+        if p >= len(data):
+            return p, remaining
+        kind, number = data[p], 0
+        if kind in b"+-:":
+            line_end = data.find(b"\r\n", p + 1)
+            q = _NEED_MORE if line_end < 0 else line_end + 2
+        elif kind == ord("$"):
+            number, q = _header(data, p + 1)
+            if q >= 0 and number >= 0:
+                if len(data) - q < number + 2:
+                    q = _NEED_MORE
+                elif data[q + number:q + number + 2] != b"\r\n":
+                    raise ValueError("protocol error: bulk string without CRLF")
+                else:
+                    q += number + 2
+            elif q >= 0 and number != -1:
+                raise ValueError("protocol error: bulk length below -1")
+            number = 0
+        elif kind == ord("*"):
+            number, q = _header(data, p + 1)
+            if q >= 0 and number < -1:
+                raise ValueError("protocol error: array length below -1")
+        else:
+            raise ValueError(f"protocol error: unexpected byte {bytes([kind])!r}")
+        if q < 0:
+            return p, remaining
+        remaining += max(number, 0) - 1
+        p = q
+    return p, remaining
+
+
+def reply_end(buffer: Union[bytes, bytearray, memoryview], pos: int = 0) -> int:
+    """The offset just after the RESP2 reply that starts at ``pos`` in ``buffer`` (bytes-like),
+    or -1 when the buffer does not hold all of it yet. A byte that starts no RESP2 value raises
+    ValueError (protocol error)."""
+    data = bytes(buffer)
+    if not 0 <= pos <= len(data):
+        raise ValueError("reply_end: pos out of range")
+    if pos == len(data):
+        return _NEED_MORE
+    end, remaining = _scan(data, pos, 1)
+    return end if remaining == 0 else _NEED_MORE
+
+
+class ReplyScan:
+    """`reply_end` of the reply at the front of a buffer that grows between calls, each byte
+    scanned once: `end(buffer)` goes on from where the last call stopped. `reset()` once that
+    reply was taken off the buffer's front, for the next one."""
+
+    def __init__(self) -> None:
+        self._p = 0
+        self._remaining = 1
+
+    def reset(self) -> None:
+        self._p = 0
+        self._remaining = 1
+
+    def end(self, buffer: Union[bytes, bytearray, memoryview]) -> int:
+        """The offset just after the reply, or -1 while the buffer does not hold all of it."""
+        data = bytes(buffer)
+        if self._p > len(data):
+            raise ValueError("ReplyScan: the buffer is shorter than what was scanned of it")
+        if self._p < len(data):
+            self._p, self._remaining = _scan(data, self._p, self._remaining)
+        return self._p if self._remaining == 0 else _NEED_MORE
+
+
+def _header(data: bytes, p: int) -> Tuple[int, int]:
+    """The length (``-?digits``, 18 digits at most) that starts at ``p`` and ends at CRLF, and
+    the offset after the CRLF; (0, -1) when the line is not complete yet. A line that cannot
+    become a length raises ValueError."""
+    negative = data[p:p + 1] == b"-"
+    p += negative
+    start = p
+    while p < len(data) and data[p] in _DIGITS:
+        if p - start == 18:
+            raise ValueError("protocol error: length out of range")
+        p += 1
+    if p >= len(data):
+        return 0, _NEED_MORE
+    if data[p] != 13 or p == start:
+        raise ValueError("protocol error: malformed length line")
+    if p + 1 >= len(data):
+        return 0, _NEED_MORE
+    if data[p + 1] != 10:
+        raise ValueError("protocol error: malformed length line")
+    value = int(data[start:p])
+    return (-value if negative else value), p + 2
+
+
+_OTHER = -3
+_FIELD_CACHE = 16
+
+
+def decode_stream_reply(buffer: Union[bytes, bytearray, memoryview], pos: int, stream: str,
+                        attempt: Union[int, Mapping[str, int]], encoding: Optional[str] = None,
+                        errors: str = "strict") -> Optional[Tuple[List[Message], List[str], int]]:
+    """The XREADGROUP reply of one stream (RESP2) that starts at ``pos`` in ``buffer``
+    (bytes-like) -> ``(messages, deleted_ids, end)``: what `decode_read_reply` and
+    `decode_entries` give for the same reply parsed by hiredis, and the offset just after
+    it; a nil reply (BLOCK timed out) gives two empty lists. ``([], [], -1)`` when the buffer
+    does not hold the whole reply yet. Field names and values are bytes, or str decoded with
+    ``encoding`` and ``errors`` (a ``decode_responses`` client). None when the reply is of
+    any other shape (an error, several streams, anything unexpected): the caller parses it
+    the general way (`reply_end`, hiredis), which also names what is wrong with it.
+
+    The reference walks the bytes as the compiled twin does, item by item, so that both say
+    None or "not yet" at the same point of a partial reply."""
+    default_attempt, attempts = _split_attempt(attempt)
+    data = bytes(buffer)
+    if not 0 <= pos <= len(data):
+        raise ValueError("decode_stream_reply: pos out of range")
+    if pos == len(data):
+        return [], [], _NEED_MORE
+    walk = _Walk(data, pos)
+    try:
+        count = walk.array()
+        if count == -1:
+            return [], [], walk.p
+        if count != 1 or walk.array() != 2:
+            return None
+        walk.bulk()
+        entries = walk.array()
+        if entries < 0:
+            return None
+        messages: List[Message] = []
+        deleted: List[str] = []
+        # The field names met last at each position, raw and built: the twin reuses the objects.
+        names: List[Optional[Tuple[bytes, Any]]] = [None] * _FIELD_CACHE
+        for _ in range(entries):
+            if walk.array() != 2:
+                return None
+            entry_id = walk.bulk().decode("ascii")
+            pairs = walk.array()
+            if pairs <= 0:
+                deleted.append(entry_id)
+                continue
+            if pairs & 1:
+                return None
+            fields = {}
+            for i in range(pairs // 2):
+                raw_key = walk.bulk()
+                known = names[i] if i < _FIELD_CACHE else None
+                if known is not None and known[0] == raw_key:
+                    key = known[1]
+                else:
+                    key = _text(raw_key, encoding, errors)
+                    if i < _FIELD_CACHE:
+                        names[i] = (raw_key, key)
+                fields[key] = _text(walk.bulk(), encoding, errors)
+            count_for = default_attempt if attempts is None else attempts.get(entry_id, default_attempt)
+            messages.append(Message(entry_id, stream, fields, count_for))
+        return messages, deleted, walk.p
+    except _NotYet:
+        return [], [], _NEED_MORE
+    except (_NotThisShape, UnicodeDecodeError, ValueError):
+        return None
+
+
+class _NotYet(Exception):
+    pass
+
+
+class _NotThisShape(Exception):
+    pass
+
+
+class _Walk:
+    """A cursor over RESP2 bytes for `decode_stream_reply`."""
+
+    def __init__(self, data: bytes, pos: int) -> None:
+        self.data = data
+        self.p = pos
+
+    def _number(self, kind: bytes) -> int:
+        if self.p >= len(self.data):
+            raise _NotYet
+        if self.data[self.p:self.p + 1] != kind:
+            raise _NotThisShape
+        number, p = _header(self.data, self.p + 1)
+        if p < 0:
+            raise _NotYet
+        self.p = p
+        return number
+
+    def array(self) -> int:
+        """An array's length (-1: nil)."""
+        return self._number(b"*")
+
+    def bulk(self) -> bytes:
+        """A bulk string's bytes (not nil)."""
+        size = self._number(b"$")
+        if size < 0:
+            raise _NotThisShape
+        if len(self.data) - self.p < size + 2:
+            raise _NotYet
+        if self.data[self.p + size:self.p + size + 2] != b"\r\n":
+            raise _NotThisShape
+        value = self.data[self.p:self.p + size]
+        self.p += size + 2
+        return value
+
+
+def _text(raw: bytes, encoding: Optional[str], errors: str) -> Any:
+    return raw if encoding is None else raw.decode(encoding, errors)
 
 
 def _short_repr(value: object) -> str:

@@ -16,12 +16,15 @@ if os.environ.get("RSTREAM_NO_EXTENSIONS") != "1":
     try:
         from rstream._fast import (
             MAX_ID_PART,
-            ack_args,
+            ReplyScan,
             compare_ids,
             decode_entries,
             decode_read_reply,
+            decode_stream_reply,
             format_id,
+            pack_ack,
             parse_id,
+            reply_end,
         )
     except ImportError:
         COMPILED = False
@@ -33,24 +36,31 @@ else:
 if not COMPILED:
     from rstream._fast_py import (
         MAX_ID_PART,
-        ack_args,
         compare_ids,
         decode_entries,
         decode_read_reply,
+        decode_stream_reply,
         format_id,
+        pack_ack,
         parse_id,
+        reply_end,
     )
+    # Two classes of one interface (rstream/_fast.pyi): mypy sees two types.
+    from rstream._fast_py import ReplyScan  # type: ignore[assignment]
 
 IMPLEMENTATION = "cython" if COMPILED else "python"
 
 __all__ = [
     "MAX_ID_PART",
+    "ReplyScan",
     "COMPILED",
     "IMPLEMENTATION",
-    "ack_args",
     "compare_ids",
     "decode_entries",
     "decode_read_reply",
+    "decode_stream_reply",
     "format_id",
+    "pack_ack",
     "parse_id",
+    "reply_end",
 ]

@@ -22,7 +22,8 @@ import logging
 import socket
 import threading
 import time
-from typing import Any, Deque, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import (Any, Callable, Deque, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple,
+                    TypeVar, Union)
 
 import hiredis
 import redis
@@ -31,7 +32,7 @@ from redis.backoff import NoBackoff
 from redis.connection import AbstractConnection
 from redis.retry import Retry
 
-from . import tls
+from . import tls, wire
 from .clients import Recipe, recipe_for
 # Re-exported: the consumer and redisio take everything about connections from this module.
 from .clients import check_same_slot as check_same_slot
@@ -61,6 +62,7 @@ _ASKING: Command = ("ASKING",)
 _ENDS = ("EXEC", "DISCARD")
 
 log = logging.getLogger("rstream")
+_T = TypeVar("_T")
 
 
 class ConnectionFactory:
@@ -204,6 +206,8 @@ class Link:
         # server (a RedisCluster's slot moved): None for servers that stay where they are.
         self._follow = follow
         self._asking: Optional[_Asking] = None  # while the stream's slot migrates
+        # Reads this connection's replies from its socket once connected (`rstream.wire`).
+        self._replies: Optional[wire.ParsedReplies] = None
         self._connected_before = False
         self.ok_at = 0.0
         self._sent_at = 0.0
@@ -246,6 +250,7 @@ class Link:
                 self._relocate(self._follow)
             self._connected_before = True
             self._connect(self._conn)
+            self._replies = wire.replies_for(self._conn)
         try:
             # send_packed_command iterates its argument: bytes must go in a list, not bare.
             payload = [commands] if isinstance(commands, bytes) else self._conn.pack_commands(commands)
@@ -304,6 +309,7 @@ class Link:
     def _drop(self) -> None:
         """Disconnect, losing the replies still due: the caller sees the connection broken."""
         self._conn.disconnect()
+        self._replies = None
         if self._asking is not None:
             self._asking.drop()
 
@@ -315,28 +321,70 @@ class Link:
     def read(self, count: int) -> List[Any]:
         """The replies of the next `count` commands sent, in order: error replies come back as
         exception values (translated) in their place, a broken connection raises."""
+        asking = self._asking
+        raw = self._reading(lambda: self._read_raw(self._conn, count) if asking is None
+                            else self._read_asked(asking, count))
+        return self._judged(raw)
+
+    def read_entries(self, stream: str, attempt: wire.Attempt) -> Tuple[Optional[wire.Read], Any]:
+        """The reply of the next command sent, an XREADGROUP of one stream: (its entries
+        decoded as `Message`s of `stream`, None) where this link's reader of replies decodes
+        them from the wire itself (`rstream.wire`), else (None, the reply as `read(1)` gives
+        it, to be decoded by the caller)."""
+        replies = self._replies
+        if replies is None or self._asking is not None:
+            return None, self.read(1)[0]
+        if self._stop_at is not None or self._bound_at is not None:
+            self._cut_to_deadline()
+        read, reply = self._reading(lambda: self._next_read(replies, stream, attempt))
+        if read is None:
+            return None, self._judged([reply])[0]
+        self.ok_at = self._sent_at
+        return read, None
+
+    def _reading(self, read: Callable[[], _T]) -> _T:
+        """`read()`, with every fault leaving the connection dropped: a broken connection
+        raises `RedisUnavailable` (or another translated error), and anything else (a reply
+        that does not decode) leaves the rest of the reply unread, which the next command
+        would read as its own answer."""
         try:
-            asking = self._asking
-            raw = self._read_raw(self._conn, count) if asking is None else self._read_asked(asking, count)
+            return read()
         except (rex.RedisError, OSError) as exc:
             self._drop()
             raise translate(exc) from None
         except BaseException:
-            # Anything else (a reply that does not decode) leaves the rest of the reply unread:
-            # the next command would read it as its own answer.
             self._drop()
             raise
+
+    def _judged(self, raw: List[Any]) -> List[Any]:
         replies = self._judge(raw)
         self.ok_at = self._sent_at
         return replies
+
+    def _next_read(self, replies: "wire.ParsedReplies", stream: str,
+                   attempt: wire.Attempt) -> Tuple[Optional[wire.Read], Any]:
+        self._check_socket(replies, self._conn)
+        return replies.next_read(stream, attempt)
+
+    def _check_socket(self, replies: "wire.ParsedReplies", conn: Any) -> None:
+        """A reader of replies serves the socket it was made for: one replaced behind this
+        link's back (redis-py reconnecting by itself) has none of the replies due."""
+        if replies.sock is not conn._sock:
+            raise rex.ConnectionError(wire.CLOSED)
 
     def _read_raw(self, conn: Any, count: int) -> List[Any]:
         """`count` replies from `conn`, error replies as redis-py's exceptions in their place."""
         replies: List[Any] = []
         bounded = self._stop_at is not None or self._bound_at is not None
+        own = self._replies if conn is self._conn else None
+        if own is not None:
+            self._check_socket(own, conn)
         for _ in range(count):
             if bounded:
                 self._cut_to_deadline()
+            if own is not None:
+                replies.append(own.reply())
+                continue
             try:
                 replies.append(conn.read_response())
             except rex.ResponseError as exc:

@@ -27,10 +27,13 @@ from .message import Message
 # A failed message this process runs again itself, and when (unix ms): see `ChunkDone`.
 HeldRetry = Tuple[Message, int]
 
-# Waking a worker costs tens of microseconds (a lock hand-off and a GIL switch). A chunk should
-# carry at least that much handler work: fast handlers get whole batches, slow ones are spread
-# over all workers.
-WAKE_COST_S = 50e-6
+# A chunk carries at least this much handler work: fast handlers get whole batches, slow ones
+# are spread over all workers. Waking a worker costs about 25 us of CPU (a futex wake, then GIL
+# hand-offs with the reader), and splitting less work than this gains no time: most handlers
+# hold the GIL, so two workers on a few hundred microseconds of it take as long as one. At
+# 50 us, a batch of 500 no-op messages went to 2 or 3 workers, and every worker woke about
+# once per batch: 12 context switches per batch instead of 3 (bench/, case 1).
+WAKE_COST_S = 500e-6
 # An idle worker takes over the rest of a chunk whose worker has not started a message for this
 # long: one hung handler must not strand the messages queued behind it in its chunk.
 STALL_S = 0.05

@@ -264,8 +264,15 @@ class StreamOps:
 
     @_forgets_server_on_outage
     def finish_read(self) -> Read:
-        """Collect the reply of the read `send_read` sent."""
-        return self._decode(_raise_if_error(self._read(1, collects_read=True)[0]), 1)
+        """Collect the reply of the read `send_read` sent (decoded from the wire by the link
+        where it can, see `rstream.wire`)."""
+        try:
+            read, reply = self.link.read_entries(self.o.stream, 1)
+        except BaseException:
+            self._reads_out = 0
+            raise
+        self._reads_out = max(0, self._reads_out - 1)
+        return read if read is not None else self._decode(_raise_if_error(reply), 1)
 
     def _read(self, count: int, collects_read: bool = False) -> List[Any]:
         """`link.read`, counting the reads still out: a link whose read fails dropped its
@@ -342,14 +349,14 @@ class StreamOps:
         steps: List[Tuple[str, int]] = []
         if batch.acks:
             if not o.delete_on_ack:
-                packed.append(_pack(*hot.ack_args(self._stream_b, self._group_b, batch.acks)))
+                packed.append(hot.pack_ack(self._stream_b, self._group_b, batch.acks))
                 steps.append((_ACK, 1))
             elif self.has_xackdel:
                 packed.append(_pack(b"XACKDEL", self._stream_b, self._group_b, b"KEEPREF", b"IDS",
                                     len(batch.acks), *batch.acks))
                 steps.append((_ACKDEL, 1))
             else:
-                packed += [_MULTI, _pack(*hot.ack_args(self._stream_b, self._group_b, batch.acks)),
+                packed += [_MULTI, hot.pack_ack(self._stream_b, self._group_b, batch.acks),
                            _pack(b"XDEL", self._stream_b, *batch.acks), _EXEC]
                 steps.append((_ACK_AND_DELETE, 4))
         for message, error in batch.dead_letters:

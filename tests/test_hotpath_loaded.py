@@ -12,7 +12,8 @@ from rstream import _fast_py, _hotpath
 
 OPTED_OUT = os.environ.get("RSTREAM_NO_EXTENSIONS") == "1"
 FUNCTIONS = (
-    "parse_id", "format_id", "compare_ids", "decode_read_reply", "decode_entries", "ack_args",
+    "parse_id", "format_id", "compare_ids", "decode_read_reply", "decode_entries", "pack_ack",
+    "reply_end", "decode_stream_reply", "ReplyScan",
 )
 REPO = Path(__file__).resolve().parents[1]
 

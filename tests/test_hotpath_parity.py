@@ -212,20 +212,6 @@ def test_decode_read_reply_then_entries_matches(data: st.DataObject, reply: Any)
 
 
 @needs_compiled
-@PARITY
-@given(st.binary(max_size=10) | st.text(max_size=10), st.text(max_size=10), st.lists(ids, max_size=20))
-def test_ack_args_matches(stream: Any, group: str, id_list: List[Any]) -> None:
-    """ack_args builds the same fresh XACK argument list from a list, a tuple or any iterable."""
-    for given_ids in (id_list, tuple(id_list)):
-        assert_same("ack_args", stream, group, given_ids)
-        assert compiled is not None and compiled.ack_args(stream, group, given_ids) is not given_ids
-    assert_same("ack_args", stream, group, 5)
-    assert_same("ack_args", stream, group, None)
-    assert compiled is not None
-    assert compiled.ack_args(stream, group, iter(id_list)) == pure.ack_args(stream, group, iter(id_list))
-
-
-@needs_compiled
 def test_decode_entries_large_non_utf8_values_match() -> None:
     """A 1 MB non-UTF-8 value, an empty value and a deleted entry decode the same on both."""
     big = bytes(range(128, 256)) * 8192
