@@ -635,21 +635,23 @@ def pack_ack(stream, group, ids):
     """The RESP bytes of ``XACK stream group id...`` (``stream`` and ``group`` bytes, the ids
     str or bytes), byte for byte what hiredis packs for the same arguments, written into one
     buffer (several times faster: no object per argument)."""
+    cdef list given = ids if type(ids) is list else list(ids)
     cdef list items = []  # each id as a compact ASCII str, or encoded to bytes
     cdef Py_ssize_t total, size
     cdef const char* src
     cdef char* out
     cdef bytes head = b"*%d\r\n$4\r\nXACK\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n" % (
-        len(ids) + 3, len(stream), stream, len(group), group)
+        PyList_GET_SIZE(given) + 3, len(stream), stream, len(group), group)
+    for item in given:  # every id's type is checked before any is encoded, as the twin does
+        if not isinstance(item, (str, bytes)):
+            raise TypeError(f"a stream id must be str or bytes, got {_short_repr(item)}")
     total = PyBytes_GET_SIZE(head)
-    for item in ids:
+    for item in given:
         if type(item) is str and PyUnicode_IS_COMPACT_ASCII(item):
             size = PyUnicode_GET_LENGTH(item)
-        elif isinstance(item, (str, bytes)):
+        else:
             item = (<str>item).encode("utf-8") if isinstance(item, str) else bytes(item)
             size = PyBytes_GET_SIZE(item)
-        else:
-            raise TypeError(f"a stream id must be str or bytes, got {_short_repr(item)}")
         items.append(item)
         total += _digits(size) + size + 5
     result = PyBytes_FromStringAndSize(NULL, total)
