@@ -216,6 +216,8 @@ class MessagePool(WorkerPool):
             report = chunk.done
             ok: List[str] = []
             failures: List[Failure] = []
+            succeeded = ok.append
+            unreported = 0
             while True:
                 try:
                     message = take()
@@ -228,15 +230,17 @@ class MessagePool(WorkerPool):
                 except BaseException as exc:  # noqa: BLE001 - a handler's exception is an outcome
                     failures.append((message, exc))
                 else:
-                    ok.append(message.id)
-                if len(ok) + len(failures) >= REPORT_EVERY:
+                    succeeded(message.id)
+                unreported += 1
+                if unreported >= REPORT_EVERY:
                     # Report as we go: if a later handler hangs, these are acked all the same.
-                    done += len(ok) + len(failures)
+                    done += unreported
                     report(ok, failures)
-                    ok, failures = [], []
+                    ok, failures, unreported = [], [], 0
+                    succeeded = ok.append
             with self._cond:
                 self._running.discard(chunk)
-            done += len(ok) + len(failures)
+            done += unreported
             if done:
                 self._cost_s = 0.8 * self._cost_s + 0.2 * (clock() - started) / done
             if ok or failures:
