@@ -5,7 +5,9 @@ Each thread role (reader, acker, heartbeat, reaper) owns one `Link`: a single re
 Links are made like the user's client makes its own (`rstream.clients`: URL, kwargs dict,
 `redis.Redis`, `RedisCluster` node, Sentinel-managed master) with three things pinned: RESP2
 (redis-py 8 defaults to RESP3, whose stream replies are maps), a socket timeout that fits the
-blocking read, and hiredis as the reply parser. A link connects through the connection's own
+blocking read, and hiredis as the reply parser. Once connected, a link reads its connection's
+replies off the socket itself (`rstream.wire`: a read's bytes become Messages in one pass, the
+other replies are parsed by hiredis as redis-py would). A link connects through the connection's own
 `connect()`, never implicitly on first send: redis-py's implicit connect skips the master lookup
 of Sentinel-managed connections and would reach localhost:6379 instead. A link to a
 `RedisCluster` node follows the stream's slot: after a MOVED or READONLY reply, or a lost
