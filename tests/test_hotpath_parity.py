@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 from types import MappingProxyType, ModuleType
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
+from paritykit import DECODING, MAX, PARITY, same
 from rstream import _fast_py as pure
 from rstream.message import Message
 
@@ -26,35 +27,11 @@ needs_compiled = pytest.mark.skipif(
     compiled is None, reason="rstream._fast not built (RSTREAM_NO_EXTENSIONS=1)"
 )
 
-MAX = 2**64 - 1
-SLOTS = ("id", "stream", "fields", "_attempt", "_metadata", "_retry")
-PARITY = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-DECODING = settings(PARITY, max_examples=300)
-
-
-def shape(value: Any) -> Any:
-    """A comparable image of a result that also pins the types (str vs bytes, list vs tuple)."""
-    if isinstance(value, Message):
-        return ("Message", type(value), tuple((slot, shape(getattr(value, slot))) for slot in SLOTS))
-    if isinstance(value, (list, tuple)):
-        return (type(value), [shape(item) for item in value])
-    if isinstance(value, dict):
-        return (dict, [(shape(k), shape(v)) for k, v in value.items()])
-    return (type(value), value)
-
-
-def outcome(function: Callable[..., Any], *args: Any) -> Tuple[Any, ...]:
-    try:
-        return ("returned", shape(function(*args)))
-    except Exception as error:  # noqa: BLE001 - the exception is the result under test
-        return ("raised", type(error), str(error))
 
 
 def assert_same(name: str, *args: Any) -> Tuple[Any, ...]:
     assert compiled is not None
-    expected = outcome(getattr(pure, name), *args)
-    assert outcome(getattr(compiled, name), *args) == expected
-    return expected
+    return same(compiled, pure, name, *args)
 
 
 # --- inputs -----------------------------------------------------------------------------------

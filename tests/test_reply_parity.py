@@ -10,13 +10,14 @@ import subprocess
 import sys
 from pathlib import Path
 from types import MappingProxyType, ModuleType
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import hiredis
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from paritykit import DECODING, MAX, PARITY, same, shape
 from rstream import _fast_py as pure
 from rstream.message import Message
 
@@ -30,39 +31,13 @@ if not OPTED_OUT:
 
 needs_compiled = pytest.mark.skipif(compiled is None, reason="RSTREAM_NO_EXTENSIONS=1 asks for pure Python")
 
-# The helpers below are those of tests/test_hotpath_parity.py, copied so that neither test module
-# imports the other (one is no library, and such an import breaks under --import-mode=importlib).
-MAX = 2**64 - 1
-SLOTS = ("id", "stream", "fields", "_attempt", "_metadata", "_retry")
-PARITY = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-DECODING = settings(PARITY, max_examples=300)
 REPLIES = settings(PARITY, max_examples=200)  # any shape, with every prefix: the file stays under 20 s
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def shape(value: Any) -> Any:
-    """A comparable image of a result that also pins the types (str vs bytes, list vs tuple)."""
-    if isinstance(value, Message):
-        return ("Message", type(value), tuple((slot, shape(getattr(value, slot))) for slot in SLOTS))
-    if isinstance(value, (list, tuple)):
-        return (type(value), [shape(item) for item in value])
-    if isinstance(value, dict):
-        return (dict, [(shape(k), shape(v)) for k, v in value.items()])
-    return (type(value), value)
-
-
-def outcome(function: Callable[..., Any], *args: Any) -> Tuple[Any, ...]:
-    try:
-        return ("returned", shape(function(*args)))
-    except Exception as error:  # noqa: BLE001 - the exception is the result under test
-        return ("raised", type(error), str(error))
-
-
 def assert_same(name: str, *args: Any) -> Tuple[Any, ...]:
     assert compiled is not None
-    expected = outcome(getattr(pure, name), *args)
-    assert outcome(getattr(compiled, name), *args) == expected
-    return expected
+    return same(compiled, pure, name, *args)
 
 
 def both() -> List[ModuleType]:
