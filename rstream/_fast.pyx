@@ -238,8 +238,7 @@ cdef object _attempt_lookup(object attempt):
 cdef int _decode_entry(
     object entry, object stream, object attempt, object attempts, list messages, list deleted
 ) except -1:
-    cdef object raw_id, flat, entry_id, fields, count
-    cdef PyObject* found
+    cdef object raw_id, flat, entry_id, fields
     if type(entry) is list and PyList_GET_SIZE(entry) == 2:
         raw_id = (<list>entry)[0]
         flat = (<list>entry)[1]
@@ -268,15 +267,20 @@ cdef int _decode_entry(
         fields = _pairs_to_dict(list(flat), entry_id)
     else:
         raise ValueError(f"malformed stream entry: {_short_repr(entry)}")
-    if attempts is None:
-        count = attempt
-    elif type(attempts) is dict:
-        found = PyDict_GetItemWithError(attempts, entry_id)
-        count = 1 if found is NULL else <object>found
-    else:
-        count = attempts.get(entry_id, 1)
-    messages.append(_new_message(entry_id, stream, fields, count))
+    messages.append(_new_message(entry_id, stream, fields, _attempt_of(entry_id, attempt, attempts)))
     return 0
+
+
+cdef inline object _attempt_of(object entry_id, object attempt, object attempts):
+    """The delivery count of one entry: ``attempt`` for all, or looked up in ``attempts``
+    (as `_attempt_lookup` gave it; a missing id counts 1)."""
+    cdef PyObject* found
+    if attempts is None:
+        return attempt
+    if type(attempts) is dict:
+        found = PyDict_GetItemWithError(attempts, entry_id)
+        return 1 if found is NULL else <object>found
+    return attempts.get(entry_id, 1)
 
 
 @cython.boundscheck(True)  # a key's __hash__ could shrink the list under the loop
@@ -499,8 +503,7 @@ def decode_stream_reply(buffer, Py_ssize_t pos, stream, attempt, encoding=None,
     cdef Py_ssize_t end = view.shape[0], p = pos
     cdef Py_ssize_t key_start, key_size, id_start, id_size, f_start, f_size, v_start, v_size, i
     cdef long long count, entries, pairs
-    cdef object entry_id, fields, key, value, n
-    cdef PyObject* found
+    cdef object entry_id, fields, key, value
     cdef list messages = []
     cdef list deleted = []
     cdef bytes enc_b, err_b
@@ -587,14 +590,8 @@ def decode_stream_reply(buffer, Py_ssize_t pos, stream, attempt, encoding=None,
                 i += 1
             if p < 0:
                 break
-            if attempts is None:
-                n = attempt
-            elif type(attempts) is dict:
-                found = PyDict_GetItemWithError(attempts, entry_id)
-                n = 1 if found is NULL else <object>found
-            else:
-                n = attempts.get(entry_id, 1)
-            messages.append(_new_message(entry_id, stream, fields, n))
+            messages.append(_new_message(entry_id, stream, fields,
+                                         _attempt_of(entry_id, attempt, attempts)))
     except (UnicodeDecodeError, ValueError):
         return None  # an id that is not ASCII, a malformed length: the general path names it
     finally:
