@@ -13,21 +13,19 @@ of Sentinel-managed connections and would reach localhost:6379 instead. A link t
 `RedisCluster` node follows the stream's slot: after a MOVED or READONLY reply, or a lost
 connection, its next connection goes where `ConnectionFactory.look_again` finds the slot now.
 While the slot migrates, the commands its node refuses with ASK (their key moved already) are
-sent again to the node importing it, after ASKING (`Link._read_asked`). Errors come out of a
+sent again to the node importing it, after ASKING (`rstream.asking`). Errors come out of a
 link translated to rstream's tree (`rstream.faults`).
 """
 from __future__ import annotations
 
-import collections
 import contextlib
 import logging
 import socket
 import threading
 import time
-from typing import (Any, Callable, Deque, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple,
+from typing import (Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple,
                     TypeVar, Union)
 
-import hiredis
 import redis
 import redis.exceptions as rex
 from redis.backoff import NoBackoff
@@ -35,6 +33,7 @@ from redis.connection import AbstractConnection
 from redis.retry import Retry
 
 from . import tls, wire
+from .asking import Asking, address, asked_to
 from .clients import Recipe, recipe_for
 # Re-exported: the consumer and redisio take everything about connections from this module.
 from .clients import check_same_slot as check_same_slot
@@ -59,9 +58,6 @@ Timeout = Optional[float]
 # another cluster node (MOVED), or a master was demoted to a replica (READONLY). The link drops
 # the connection and its next one goes where the server is now.
 _WRONG_SERVER = (rex.MovedError, rex.ReadOnlyError)
-_ASKING: Command = ("ASKING",)
-# The commands that end a transaction MULTI began.
-_ENDS = ("EXEC", "DISCARD")
 
 log = logging.getLogger("rstream")
 _T = TypeVar("_T")
@@ -157,43 +153,9 @@ class _Follower:
         return self._factory.at(self._pinned, host, port)
 
 
-class _Asking:
-    """What a link keeps while its node answers ASK: the stream's slot is migrating, and the key
-    of the refused command is on the importing node already (the command was not run).
-
-    The link does not move to the importing node. Redis lets a client send the refused command
-    there after ASKING, and that command only: the slot's other keys may not be moved yet (the
-    name fence key, a dead-letter stream), and the importing node, once let in, serves a key it
-    does not hold yet as missing. The fence script would write its key there, and the
-    operator's MIGRATE of the real one would then fail with BUSYKEY. So every command still
-    goes to the slot's node first, and those it refuses go to the importing node, in the order
-    they were sent, each after its own ASKING (which lets one command in: a packed write holds
-    several). That costs an extra round trip per refused write until the migration ends; it
-    ends with a MOVED from either node (`Link._judge`), which the link follows like any other.
-    To send a refused command again the link must have it: from the first ASK on, it keeps
-    each command it sends until its reply is read (splitting packed writes, `_split`)."""
-
-    def __init__(self, follow: _Follower, source: Tuple[Any, Any], target: Tuple[str, int]) -> None:
-        self.follow = follow
-        self.source = source  # the node the link's own connection goes to, as (host, port)
-        self.target = target  # the importing node, as the last ASK named it
-        self.conn: Any = None  # the connection to `target`, once a command was sent there
-        self.sent: Deque[Command] = collections.deque()  # on the link's connection, unanswered
-        # Replies read past the count a `read` asked for: the rest of a transaction, whose
-        # commands go to the importing node together or not at all.
-        self.ahead: Deque[Any] = collections.deque()
-
-    def drop(self) -> None:
-        """The link's connections are lost, and every reply still due on them."""
-        if self.conn is not None:
-            self.conn.disconnect()
-        self.sent.clear()
-        self.ahead.clear()
-
-
 class Link:
     """One connection owned by one thread (and, while its stream's slot migrates, one to the
-    node importing it: `_Asking`). Errors come out translated to rstream's tree.
+    node importing it: `rstream.asking`). Errors come out translated to rstream's tree.
 
     `ok_at` is when the request behind the last reply read was sent (monotonic): the evidence
     `supervise.Health` needs before it calls an outage or a missing stream over. A step that
@@ -207,7 +169,7 @@ class Link:
         # Where the next connection comes from once this one was lost or told it is on the wrong
         # server (a RedisCluster's slot moved): None for servers that stay where they are.
         self._follow = follow
-        self._asking: Optional[_Asking] = None  # while the stream's slot migrates
+        self._asking: Optional[Asking] = None  # while the stream's slot migrates
         # Reads this connection's replies from its socket once connected (`rstream.wire`).
         self._replies: Optional[wire.ParsedReplies] = None
         self._connected_before = False
@@ -261,7 +223,7 @@ class Link:
             self._drop()
             raise translate(exc) from None
         if self._asking is not None:
-            self._asking.sent.extend(_split(commands) if isinstance(commands, bytes) else commands)
+            self._asking.record(commands)
 
     def _relocate(self, follow: _Follower) -> None:
         """Replace the lost connection by one to where the stream's server is now. On another
@@ -271,7 +233,7 @@ class Link:
             conn = follow()
         except (rex.RedisError, rex.RedisClusterException, OSError) as exc:
             raise translate(exc) from None
-        if self._asking is not None and _address(conn) != self._asking.source:
+        if self._asking is not None and address(conn) != self._asking.source:
             self._end_asking()
         self._conn = conn
         self._cut_to_deadline()
@@ -325,7 +287,7 @@ class Link:
         exception values (translated) in their place, a broken connection raises."""
         asking = self._asking
         raw = self._reading(lambda: self._read_raw(self._conn, count) if asking is None
-                            else self._read_asked(asking, count))
+                            else asking.read(self._conn, count, self._read_raw, self._ready_asked))
         return self._judged(raw)
 
     def read_entries(self, stream: str, attempt: wire.Attempt) -> Tuple[Optional[wire.Read], Any]:
@@ -397,90 +359,35 @@ class Link:
         """Translate the error replies in place. Every reply is read, so the connection can go
         after one saying it is on the wrong server (MOVED, READONLY): the next connect looks
         again. It goes after a first ASK too: the commands sent before it were not kept, so the
-        unanswered ones could not be sent again; the next connection keeps them (`_Asking`).
+        unanswered ones could not be sent again; the next connection keeps them (`Asking`).
         The refused command was not run: its refusal, translated (`RedisUnavailable`), fails
         the caller's step (and a read queued behind it fails with the connection), and the step
         tried again after the loop's shortest backoff finds the link following the migration.
         That costs each link a step or two per migration; keeping the commands of every cluster
-        link all the time would cost every write a `_split`."""
+        link all the time would cost every write a split of its packed commands."""
         wrong_server = False
         target: Optional[Tuple[str, int]] = None
         for n, reply in enumerate(replies):
             if isinstance(reply, rex.ResponseError):
                 wrong_server = wrong_server or isinstance(reply, _WRONG_SERVER)
-                target = _asked_to(reply) or target
+                target = asked_to(reply) or target
                 replies[n] = translate(reply)
         if wrong_server:
             self._drop()
             self._end_asking()
         elif target is not None and self._asking is None and self._follow is not None:
             self._drop()
-            self._asking = _Asking(self._follow, _address(self._conn), target)
+            self._asking = Asking(self._follow, address(self._conn), target)
         return replies
 
-    def _read_asked(self, asking: _Asking, count: int) -> List[Any]:
-        """`_read_raw` while the slot migrates: the commands the link's node refused with ASK
-        are sent again to the importing node (`_ask_again`), and the replies read there take
-        the refusals' places. A transaction is sent again whole if any command in it was
-        refused (the node then aborted it: EXECABORT), so its replies are read together."""
-        replies = [asking.ahead.popleft() for _ in range(min(count, len(asking.ahead)))]
-        due = count - len(replies)
-        if not due:
-            return replies
-        raw = self._read_raw(self._conn, _through_transactions(asking.sent, due))
-        commands = [asking.sent.popleft() for _ in raw]
-        refused: List[int] = []
-        block: List[int] = []  # the transaction being read, as positions in `raw`
-        queued = False
-        for n, command in enumerate(commands):
-            target = _asked_to(raw[n])
-            asking.target = target or asking.target
-            if queued or _name(command) == "MULTI":
-                block.append(n)
-                queued = _queued_after(command, queued)
-                if not queued:
-                    if any(_asked_to(raw[i]) for i in block):
-                        refused += block
-                    block = []
-            elif target is not None:
-                refused.append(n)
-        if refused:
-            self._ask_again(asking, raw, [commands[n] for n in refused], refused)
-        asking.ahead.extend(raw[due:])
-        return replies + raw[:due]
-
-    def _ask_again(self, asking: _Asking, raw: List[Any], commands: List[Command],
-                   places: List[int]) -> None:
-        """Send `commands` to the importing node in one write, in the order they were sent, and
-        put each reply in `raw` at its place. ASKING goes before each command: it lets the next
-        command in, one only (and is a plain +OK on a node that owns the slot). A transaction
-        gets one, before its MULTI: the node keeps it until EXEC, and an ASKING inside would be
-        queued and answered in EXEC's reply. The replies to ASKING are read and dropped."""
-        conn = asking.conn
-        if conn is not None and _address(conn) != asking.target:
+    def _ready_asked(self, conn: Any) -> None:
+        """Make the connection to the importing node ready to send on: reopened if its server
+        closed it, cut to this link's deadlines, connected."""
+        if _closed_by_server(conn):
             conn.disconnect()
-            conn = None
-        if conn is None:
-            conn = asking.conn = asking.follow.asked(*asking.target)
-            self._cut_to_deadline()
-        elif _closed_by_server(conn):
-            conn.disconnect()
+        self._cut_to_deadline()
         if conn._sock is None:
             self._connect(conn)
-        out: List[Command] = []
-        into: List[Optional[int]] = []  # where each reply goes in `raw`; None: dropped
-        queued = False
-        for place, command in zip(places, commands):
-            if not queued:
-                out.append(_ASKING)
-                into.append(None)
-            out.append(command)
-            into.append(place)
-            queued = _queued_after(command, queued)
-        conn.send_packed_command(conn.pack_commands(out), check_health=False)
-        for at, reply in zip(into, self._read_raw(conn, len(out))):
-            if at is not None:
-                raw[at] = reply
 
     def abort(self) -> None:
         """Wake a thread blocked on this link (from another thread): shut its sockets down.
@@ -549,18 +456,6 @@ class Link:
         self._end_asking()
 
 
-def _asked_to(reply: Any) -> Optional[Tuple[str, int]]:
-    """The node an ASK reply sends its command to, as (host, port); None for any other reply
-    (redis-py's MovedError is an AskError: a MOVED reply is no ASK)."""
-    if isinstance(reply, rex.AskError) and not isinstance(reply, rex.MovedError):
-        return reply.host, reply.port
-    return None
-
-
-def _address(conn: Any) -> Tuple[Any, Any]:
-    return getattr(conn, "host", None), getattr(conn, "port", None)
-
-
 def _closed_by_server(conn: Any) -> bool:
     """Whether an open connection with no reply due was closed by its server."""
     if conn._sock is None:
@@ -570,39 +465,6 @@ def _closed_by_server(conn: Any) -> bool:
     except (rex.ConnectionError, OSError):
         return True
     return False
-
-
-def _split(payload: bytes) -> List[Command]:
-    """The commands packed in `payload` (RESP arrays), each as its list of arguments."""
-    reader = hiredis.Reader()
-    reader.feed(payload)
-    commands: List[Command] = []
-    while (command := reader.gets()) is not False:
-        commands.append(command)
-    return commands
-
-
-def _name(command: Command) -> str:
-    name = command[0]
-    return (name.decode("ascii", "replace") if isinstance(name, bytes) else str(name)).upper()
-
-
-def _queued_after(command: Command, queued: bool) -> bool:
-    """Whether the command after `command` is queued in a transaction (after MULTI, to EXEC),
-    given whether `command` was."""
-    name = _name(command)
-    return name == "MULTI" or (queued and name not in _ENDS)
-
-
-def _through_transactions(commands: Iterable[Command], count: int) -> int:
-    """`count`, or more to take in the rest of a transaction that the first `count` of
-    `commands` end inside."""
-    queued = False
-    for n, command in enumerate(commands, 1):
-        queued = _queued_after(command, queued)
-        if n >= count and not queued:
-            return n
-    return count
 
 
 def _set_timeouts(conn: Any, read_s: Timeout, connect_s: Timeout) -> None:
