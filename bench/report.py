@@ -91,6 +91,11 @@ def add_decode(table: Table, result: Dict[str, Any]) -> None:
         return
     table.add(case, "compiled decode_entries", f"{result['compiled_us_per_entry']:.3f} us/entry")
     table.judge(case, Target("compiled / pure decode", result["speedup"], 3.0, True), ratio(result["speedup"]))
+    if "from_bytes_us_per_entry" in result:
+        table.add(case, "read path: hiredis parse + compiled decode_entries",
+                  f"{result['hiredis_then_decode_us_per_entry']:.3f} us/entry")
+        table.add(case, "read path: compiled decode_stream_reply of the bytes (rstream.wire)",
+                  f"{result['from_bytes_us_per_entry']:.3f} us/entry")
 
 
 def add_drain(table: Table, result: Dict[str, Any]) -> None:

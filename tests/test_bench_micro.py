@@ -51,6 +51,31 @@ def test_decode_entries(benchmark: Any, hot: ModuleType) -> None:
     assert messages[42].fields == {b"n": b"42", b"user": b"user-00042", b"payload": PAYLOAD}
 
 
+def _bulk(value: bytes) -> bytes:
+    return b"$%d\r\n%b\r\n" % (len(value), value)
+
+
+def _array(items: List[bytes]) -> bytes:
+    return b"*%d\r\n" % len(items) + b"".join(items)
+
+
+# The same batch as the server sends it: what rstream.wire decodes from the socket's bytes.
+REPLY_BYTES = _array([_array([_bulk(b"orders"), _array([
+    _array([_bulk(entry_id), _array([_bulk(x) for x in fields])]) for entry_id, fields in REPLY])])])
+
+
+@pytest.mark.benchmark(group="decode_stream_reply")
+@pytest.mark.parametrize("hot", TWINS)
+def test_decode_stream_reply(benchmark: Any, hot: ModuleType) -> None:
+    """decode_stream_reply turns the bytes of a 500-entry XREADGROUP reply into the Messages
+    decode_entries gives for hiredis's parse of them, and says where the reply ends."""
+    messages, deleted, end = benchmark(hot.decode_stream_reply, REPLY_BYTES, 0, "orders", 1)
+    assert deleted == [] and end == len(REPLY_BYTES)
+    expected, _ = hot.decode_entries(REPLY, "orders", 1)
+    assert [(m.id, m.stream, m.fields, m.attempt) for m in messages] == [
+        (m.id, m.stream, m.fields, m.attempt) for m in expected]
+
+
 @pytest.mark.benchmark(group="parse_id")
 @pytest.mark.parametrize("hot", TWINS)
 def test_parse_id(benchmark: Any, hot: ModuleType) -> None:
