@@ -84,10 +84,13 @@ def claim_page(entries: Sequence[PendingEntry]) -> Tuple[List[str], Dict[str, in
     return ids, attempts, min(e.idle_ms for e in entries)
 
 
-def stray_entries(entries: Sequence[PendingEntry], held: Collection[str]) -> List[PendingEntry]:
+def stray_entries(entries: Sequence[PendingEntry], held: Collection[str],
+                  reading_for_ms: float = 0.0) -> List[PendingEntry]:
     """This consumer's pending entries that it does not hold (a lost read reply, an entry put in
-    its pending list by someone else): they must be delivered again."""
-    return [e for e in entries if e.id not in held]
+    its pending list by someone else): they must be delivered again. One idle for no longer
+    than `reading_for_ms` (how long this consumer's oldest unadmitted read has been out, up to
+    the look) may be in that read's reply, still on its way: it is left for a later look."""
+    return [e for e in entries if e.id not in held and e.idle_ms > reading_for_ms]
 
 
 def missing_ids(requested: Sequence[str], returned: Collection[str]) -> List[str]:

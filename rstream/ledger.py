@@ -11,14 +11,16 @@ of new entries leave half the slots free, else an idle reader that re-reserves e
 for its next blocking read would starve them for good.
 
 The ledger also remembers the ids it holds, so the own-pending check can tell strays (pending
-for this consumer but not held) from entries a handler has.
+for this consumer but not held) from entries a handler has, and when each open grant was taken:
+an entry the server delivered after that may be in a reply not admitted yet (still on the wire,
+or its reader starved of CPU), which is no stray either (`held_and_reading`).
 """
 from __future__ import annotations
 
 import threading
 import time
 from types import TracebackType
-from typing import Iterable, Optional, Sequence, Set, Type
+from typing import Dict, Iterable, Optional, Sequence, Set, Tuple, Type
 
 
 class Grant:
@@ -43,7 +45,7 @@ class Grant:
         the unused rest of the grant is freed at once."""
         if self._open:
             self._open = False
-            self._ledger._settle_grant(self.size, ids)
+            self._ledger._settle_grant(self, ids)
 
     def close(self) -> None:
         """Give the whole grant back (nothing was admitted: a failed or abandoned read)."""
@@ -66,6 +68,8 @@ class Ledger:
         self._reserved = 0
         self._in_flight = 0
         self._held: Set[str] = set()
+        # The open grants (taken, not yet admitted or closed) and when each was taken (monotonic).
+        self._taken_at: Dict[Grant, float] = {}
         self._priority_waiting = 0  # priority callers inside reserve(): reads leave room
 
     @property
@@ -95,7 +99,10 @@ class Ledger:
                     if free > 0:
                         granted = min(want, free)
                         self._reserved += granted
-                        return Grant(self, granted)
+                        grant = Grant(self, granted)
+                        if grant:  # an empty one is never admitted: nothing to wait for
+                            self._taken_at[grant] = time.monotonic()
+                        return grant
                     if stop.is_set():
                         return Grant(self, 0)
                     remaining = 0.1 if deadline is None else min(0.1, deadline - time.monotonic())
@@ -105,12 +112,13 @@ class Ledger:
             finally:
                 self._priority_waiting -= priority
 
-    def _settle_grant(self, size: int, ids: Sequence[str]) -> None:
+    def _settle_grant(self, grant: Grant, ids: Sequence[str]) -> None:
         with self._cond:
             self._held.update(ids)
-            self._reserved -= size
+            self._reserved -= grant.size
             self._in_flight += len(ids)
-            if len(ids) < size:
+            self._taken_at.pop(grant, None)
+            if len(ids) < grant.size:
                 self._cond.notify_all()
 
     def finish(self, count: int) -> None:
@@ -132,6 +140,13 @@ class Ledger:
     def held(self) -> Set[str]:
         with self._cond:
             return set(self._held)
+
+    def held_and_reading(self) -> Tuple[Set[str], Optional[float]]:
+        """The ids held, and when the oldest open grant was taken (monotonic; None without
+        one), at one moment: an entry pending for this consumer is either held, or delivered
+        after that time into a reply not admitted yet, or neither (a stray)."""
+        with self._cond:
+            return set(self._held), min(self._taken_at.values(), default=None)
 
     def wait_idle(self, deadline: float) -> bool:
         """Wait until no entry is in flight; False if the deadline (monotonic) passed first."""

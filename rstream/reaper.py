@@ -7,7 +7,9 @@ still looks dead (checked in the claiming script), and never from a look at XINF
 that a stall inflated (`failover.verdicts_stale`), (2) removes such consumers once their
 pending lists are empty (atomically, by script), and (3) re-delivers this consumer's own
 strays: entries pending for it that it does not hold (a read whose reply was lost, an entry put
-in its pending list by another client). Between looks it re-delivers failed entries whose retry
+in its pending list by another client), but not those the server delivered after this
+consumer's oldest unadmitted read was sent: they may be in its reply, still on the wire or
+waiting for a reader short of CPU (`Ledger.held_and_reading`). Between looks it re-delivers failed entries whose retry
 is due, taken from `Settlements`: the same claim path (XCLAIM to itself), with priority for
 in-flight slots over new reads.
 """
@@ -30,6 +32,10 @@ from .settlements import Settlements, mono_ms
 from .stats import BacklogSample
 
 log = logging.getLogger("rstream")
+
+# Idle times are the server's, in whole milliseconds, against this process's clock: an entry
+# delivered into a reply not yet admitted can look this much older than the grant it came in.
+IDLE_MARGIN_MS = 50
 
 # A retry's XCLAIM min-idle is the time since its handler finished, less this margin: the
 # server's idle time of the entry is at least that, so only another consumer's claim meanwhile
@@ -144,7 +150,13 @@ class Reaper:
             page = self.ops.pending_of(consumer, start, self._o.batch_size, min_idle_ms)
             cursor = next_start(page)
             if strays and page:
-                page = stray_entries(page, self._ledger.held())
+                # After the look: a grant open now was taken before any delivery its reply
+                # holds, so entries idle less than its age (at the look, at most now) may be in
+                # it; the server counts idle in whole milliseconds of its own clock.
+                held, reading_since = self._ledger.held_and_reading()
+                reading_for_ms = (0.0 if reading_since is None else
+                                  (time.monotonic() - reading_since) * 1000 + IDLE_MARGIN_MS)
+                page = stray_entries(page, held, reading_for_ms)
             if page:
                 grant = self._ledger.reserve(len(page), self._stop, priority=True)
                 if not grant:

@@ -19,6 +19,7 @@ import redis
 import rstream
 from helpers import SpawnedProcess, wait_until
 from rstream.connection import ConnectionFactory
+from rstream.intake import Intake
 from rstream.embedded import EmbeddedServer, known_server_binaries
 from rstream.options import Options
 from rstream.redisio import StreamOps
@@ -370,6 +371,39 @@ def test_entries_put_in_own_pending_list_behind_its_back_are_delivered(
     assert {h.attempt for h in recorder.handled} == {2}
     assert me.stats().replayed == 3
     assert me.stats().claimed == 0
+
+
+def test_a_read_the_reader_is_slow_to_admit_is_not_taken_for_strays(
+        r: redis.Redis, group: tuple, start_consumer: Callable[..., rstream.Consumer],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Entries the server has delivered to this consumer, in a reply its reader has not
+    admitted yet (still on the wire, or the reader starved of CPU), are no strays however long
+    that takes: the reaper leaves them to the reader, and each is handled once. The reader
+    is held for three dead thresholds just before it admits its first read, while the reaper
+    looks at the pending list every heartbeat."""
+    stream, grp = group
+    ids = add_entries(r, stream, 50)
+    original = Intake.deliver
+    stalled, resumed = threading.Event(), threading.Event()
+
+    def deliver_late(self: Intake, grant: Any, messages: Any, deleted: Any, counter: str = "") -> None:
+        reader = threading.current_thread().name.startswith("rstream-reader")
+        if reader and messages and not stalled.is_set():
+            stalled.set()
+            time.sleep(3 * FAST["heartbeat_interval"] * FAST["allowed_missed_heartbeats"] / 1000)
+            original(self, grant, messages, deleted, counter)
+            resumed.set()
+            return
+        original(self, grant, messages, deleted, counter)
+
+    monkeypatch.setattr(Intake, "deliver", deliver_late)
+    recorder = Recorder()
+    live = start_consumer("me", recorder.handler("me"))
+    wait_until(resumed.is_set, DEADLINE_S, message="the reader never admitted its first read")
+    wait_until(lambda: recorder.count() >= 50 and total_pending(r, stream, grp) == 0
+               and live.stats().in_flight == 0, DEADLINE_S, message="entries not all handled")
+    assert_once_each(recorder.handled, ids)
+    assert live.stats().replayed == 0 and live.stats().claimed == 0
 
 
 # -- 7. restart under the same name ---------------------------------------------------------------

@@ -1,6 +1,8 @@
 """The pure failover decisions (rstream.failover) and the retry schedule (rstream.settle): no server."""
 from __future__ import annotations
 
+import threading
+import time
 from typing import List
 
 from hypothesis import given
@@ -9,6 +11,7 @@ from hypothesis import strategies as st
 from rstream.failover import (ConsumerInfo, PendingEntry, claim_page, dead_consumers, missing_ids,
                               next_check_ms, next_start, parse_consumers, parse_pending,
                               stray_entries)
+from rstream.ledger import Ledger
 
 
 def _pending(*ids: str, idle: int = 500, deliveries: int = 1, consumer: str = "dead") -> List[PendingEntry]:
@@ -150,6 +153,33 @@ def test_stray_entries_are_pending_ones_not_held() -> None:
     page = _pending("1-0", "2-0", "3-0", consumer="me")
     assert [e.id for e in stray_entries(page, {"2-0", "9-9"})] == ["1-0", "3-0"]
     assert stray_entries(page, {"1-0", "2-0", "3-0"}) == []
+
+
+def test_entries_delivered_since_the_oldest_open_read_are_no_strays() -> None:
+    """An entry idle no longer than the oldest unadmitted read has been out may be in its reply:
+    it is left for a later look; older ones not held are strays."""
+    page = _pending("1-0", consumer="me", idle=900) + _pending("2-0", "3-0", consumer="me", idle=300)
+    assert [e.id for e in stray_entries(page, set(), reading_for_ms=400)] == ["1-0"]
+    assert [e.id for e in stray_entries(page, {"1-0"}, reading_for_ms=300)] == []
+    assert [e.id for e in stray_entries(page, set(), reading_for_ms=0)] == ["1-0", "2-0", "3-0"]
+
+
+def test_the_ledger_says_when_its_oldest_open_grant_was_taken() -> None:
+    """Held ids and the oldest open grant's time, read together: a grant counts from reserve
+    to admit or close, and none is open once each is spent."""
+    ledger = Ledger(100)
+    stop = threading.Event()
+    assert ledger.held_and_reading() == (set(), None)
+    before = time.monotonic()
+    first, second = ledger.reserve(10, stop), ledger.reserve(10, stop)
+    held, since = ledger.held_and_reading()
+    assert held == set() and since is not None and before <= since <= time.monotonic()
+    first.admit(["1-0"])
+    held, later = ledger.held_and_reading()
+    assert held == {"1-0"} and later is not None and later >= since
+    second.close()
+    assert ledger.held_and_reading() == ({"1-0"}, None)
+    assert not ledger.reserve(0, stop) and ledger.held_and_reading()[1] is None
 
 
 def test_missing_ids_keeps_request_order() -> None:
