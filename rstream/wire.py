@@ -6,7 +6,7 @@ on a `Link` reads every reply on it through the `Replies` made for it here. Two 
   socket's bytes are kept as they came, and an XREADGROUP reply is turned into Messages
   straight from them in one pass (`decode_stream_reply`): no list per entry and per field list
   as hiredis would build, no second pass over those, a field name built once per batch rather
-  than once per entry. Other replies are cut out by `reply_end`, which finds where a reply ends
+  than once per entry. Other replies are cut out by `ReplyScan`, which finds where a reply ends
   without building anything, and given to hiredis whole.
 - It skips redis-py's layers per reply (its connection's and parser's read_response), which
   matter for the small replies (XACK's integer) that ride with every read.
@@ -79,7 +79,7 @@ class ParsedReplies:
 
 class ScannedReplies(ParsedReplies):
     """The connection's bytes kept as they came: XREADGROUP replies decoded from the bytes
-    themselves (`decode_stream_reply`), the others cut out by `reply_end` and fed to hiredis
+    themselves (`decode_stream_reply`), the others cut out by `ReplyScan` and fed to hiredis
     one whole reply at a time (so it never holds a part of a reply this class must decode)."""
 
     def __init__(self, conn: Any) -> None:
